@@ -1,0 +1,388 @@
+//! The stateless half of analysis: a block of complete lines in, matches and
+//! located parse errors out. Runs on any number of worker threads; the
+//! stateful half (line numbering, throttles, output order) is
+//! [`crate::engine::Judge`], which sees blocks in stream order.
+//!
+//! Per line: the rule set's prefilter decides whether the line can match
+//! anything. Candidates are parsed ([`crate::parse`]) and judged by every
+//! rule. Other lines only get cheap checks (UTF-8 for the whole block at once,
+//! and the `{`…`}` shape) unless `strict` asks for a full parse of every line.
+
+use std::sync::Arc;
+
+use crate::finding::{finding_id, Actor, Finding, SourceKind, SourceRef};
+use crate::framing::{lines, trim_line};
+use crate::parse::{self, array_strings, object_keys, AuditEntry, ParseErrorKind};
+use crate::rules::cond::value_string;
+use crate::rules::field::{namespace_of, Field};
+use crate::rules::{Rule, RuleSet};
+
+/// How many located errors one block keeps (counts stay exact).
+pub const ERRORS_KEPT_PER_BLOCK: usize = 16;
+
+/// A rule matched an entry; the judge decides whether it is reported.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub rule: usize,
+    /// 0-based line index within the block.
+    pub line_idx: u64,
+    /// Byte offset of the line within the block.
+    pub offset: u64,
+    pub finding: Finding,
+    /// Throttle key, when the rule has a throttle.
+    pub throttle_key: Option<String>,
+    /// Entry time in unix nanoseconds, when it parses.
+    pub time_ns: Option<i64>,
+}
+
+/// A line that is not a usable entry.
+#[derive(Debug, Clone)]
+pub struct LineError {
+    pub line_idx: u64,
+    pub offset: u64,
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// Kinds of bad input, counted separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    InvalidUtf8,
+    InvalidJson,
+    Oversize,
+    Truncated,
+    ReadError,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidUtf8 => "invalid_utf8",
+            ErrorKind::InvalidJson => "invalid_json",
+            ErrorKind::Oversize => "oversize",
+            ErrorKind::Truncated => "truncated",
+            ErrorKind::ReadError => "read_error",
+        }
+    }
+}
+
+impl From<ParseErrorKind> for ErrorKind {
+    fn from(k: ParseErrorKind) -> Self {
+        match k {
+            ParseErrorKind::InvalidUtf8 => ErrorKind::InvalidUtf8,
+            ParseErrorKind::InvalidJson => ErrorKind::InvalidJson,
+        }
+    }
+}
+
+/// What one block produced.
+#[derive(Debug, Default)]
+pub struct BlockResult {
+    /// Lines in the block, empty ones included.
+    pub lines: u64,
+    /// Non-empty lines (entries, good or bad).
+    pub entries: u64,
+    pub bytes: u64,
+    /// Lines the prefilter passed (and that were parsed).
+    pub candidates: u64,
+    pub invalid_utf8: u64,
+    pub invalid_json: u64,
+    /// Lines longer than the maximum that arrived whole in one block.
+    pub oversize: u64,
+    pub hits: Vec<Hit>,
+    /// The first [`ERRORS_KEPT_PER_BLOCK`] errors, located.
+    pub errors: Vec<LineError>,
+}
+
+impl BlockResult {
+    fn error(&mut self, line_idx: u64, offset: u64, kind: ErrorKind, message: String) {
+        match kind {
+            ErrorKind::InvalidUtf8 => self.invalid_utf8 += 1,
+            ErrorKind::Oversize => self.oversize += 1,
+            _ => self.invalid_json += 1,
+        }
+        if self.errors.len() < ERRORS_KEPT_PER_BLOCK {
+            self.errors.push(LineError {
+                line_idx,
+                offset,
+                kind,
+                message,
+            });
+        }
+    }
+}
+
+/// Judges blocks of lines against a rule set.
+#[derive(Clone)]
+pub struct Analyzer {
+    rules: Arc<RuleSet>,
+    strict: bool,
+    max_line: usize,
+}
+
+impl Analyzer {
+    pub fn new(rules: Arc<RuleSet>, strict: bool, max_line: usize) -> Self {
+        Analyzer {
+            rules,
+            strict,
+            max_line,
+        }
+    }
+
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    /// Analyses a block of complete lines (the last may lack its newline).
+    pub fn scan_block(&self, block: &[u8]) -> BlockResult {
+        let mut out = BlockResult {
+            bytes: block.len() as u64,
+            ..Default::default()
+        };
+        let block_is_utf8 = simdutf8::basic::from_utf8(block).is_ok();
+        let mut next = if self.strict {
+            Some(0)
+        } else {
+            self.rules.next_candidate(block, 0)
+        };
+        for (idx, (start, line)) in lines(block).enumerate() {
+            let idx = idx as u64;
+            out.lines += 1;
+            let content = trim_line(line);
+            if content.is_empty() {
+                continue;
+            }
+            out.entries += 1;
+            let end = start + line.len();
+            if content.len() > self.max_line {
+                out.error(
+                    idx,
+                    start as u64,
+                    ErrorKind::Oversize,
+                    format!(
+                        "line of {} bytes exceeds the maximum of {}; skipped",
+                        line.len(),
+                        self.max_line
+                    ),
+                );
+                if next.is_some_and(|p| p < end) {
+                    next = self.rules.next_candidate(block, end);
+                }
+                continue;
+            }
+            let candidate = self.strict || next.is_some_and(|p| p < end);
+            if candidate {
+                out.candidates += 1;
+                let text = if block_is_utf8 {
+                    // SAFETY: `block` is valid UTF-8 (checked above), and
+                    // `content` starts at the block start or right after a
+                    // `\n` and ends before `\r`/`\n` or at the block end;
+                    // ASCII bytes are always char boundaries, so the
+                    // sub-slice is valid UTF-8 too. Tested by
+                    // `unchecked_utf8_slices_are_char_boundaries`.
+                    Some(unsafe { std::str::from_utf8_unchecked(content) })
+                } else {
+                    None
+                };
+                let parsed = match text {
+                    Some(t) => parse::parse_str(t),
+                    None => parse::parse_line(content),
+                };
+                match parsed {
+                    Ok(entry) => self.judge_line(&entry, content, idx, start as u64, &mut out),
+                    Err(e) => out.error(idx, start as u64, e.kind.into(), e.to_string()),
+                }
+                next = if self.strict {
+                    Some(end)
+                } else {
+                    self.rules.next_candidate(block, end)
+                };
+            } else if !block_is_utf8 && simdutf8::basic::from_utf8(content).is_err() {
+                let at = simdutf8::compat::from_utf8(content)
+                    .err()
+                    .map(|e| e.valid_up_to())
+                    .unwrap_or(0);
+                out.error(
+                    idx,
+                    start as u64,
+                    ErrorKind::InvalidUtf8,
+                    format!("invalid UTF-8 at byte {at} of the line"),
+                );
+            } else if content[0] != b'{' || content[content.len() - 1] != b'}' {
+                out.error(
+                    idx,
+                    start as u64,
+                    ErrorKind::InvalidJson,
+                    "not a JSON object (must start with `{` and end with `}`)".into(),
+                );
+            }
+        }
+        out
+    }
+
+    fn judge_line(
+        &self,
+        entry: &AuditEntry<'_>,
+        raw: &[u8],
+        idx: u64,
+        offset: u64,
+        out: &mut BlockResult,
+    ) {
+        for rule_idx in self.rules.matches(entry) {
+            let rule = self.rules.get(rule_idx);
+            let throttle_key = rule.throttle.as_ref().map(|t| {
+                let mut key = String::new();
+                for f in &t.key {
+                    if let Some(v) = value_string(&f.get(entry)) {
+                        key.push_str(&v);
+                    }
+                    key.push('\u{1f}');
+                }
+                key
+            });
+            out.hits.push(Hit {
+                rule: rule_idx,
+                line_idx: idx,
+                offset,
+                finding: build_finding(rule, entry, raw),
+                throttle_key,
+                time_ns: entry.time.as_deref().and_then(parse::parse_time_nanos),
+            });
+        }
+    }
+}
+
+fn owned(s: &Option<std::borrow::Cow<'_, str>>) -> Option<String> {
+    s.as_deref().map(str::to_owned)
+}
+
+/// Everything of a finding that comes from the entry; `source` is filled in
+/// by the judge, which knows the absolute line number.
+pub fn build_finding(rule: &Rule, e: &AuditEntry<'_>, raw: &[u8]) -> Finding {
+    let req = e.request.as_ref();
+    let auth = e.auth.as_ref();
+    let actor = Actor {
+        display_name: auth.and_then(|a| owned(&a.display_name)),
+        entity_id: auth.and_then(|a| owned(&a.entity_id)),
+        remote_address: req.and_then(|r| owned(&r.remote_address)),
+        accessor: auth.and_then(|a| owned(&a.accessor)),
+        policies: auth.and_then(|a| a.policies).map(array_strings),
+    };
+    let mut detail = serde_json::Map::new();
+    let error = match e.error.as_deref() {
+        Some("") | None => None,
+        Some(s) => Some(s),
+    };
+    detail.insert("error".into(), error.into());
+    detail.insert("outcome".into(), outcome(e).into());
+    if let Some(data) = req.and_then(|r| r.data) {
+        let keys = object_keys(data);
+        if !keys.is_empty() {
+            detail.insert("request_data_keys".into(), keys.into());
+        }
+    }
+    for (name, field) in &rule.detail {
+        let v = match field.get(e) {
+            parse::Value::Missing => serde_json::Value::Null,
+            parse::Value::Str(s) => s.into_owned().into(),
+            parse::Value::Bool(b) => b.into(),
+            parse::Value::Num(n) => serde_json::Number::from_f64(n)
+                .map(Into::into)
+                .unwrap_or_default(),
+            parse::Value::Array(r) => array_strings(r).into(),
+            parse::Value::Object(r) => serde_json::from_str(r.get()).unwrap_or_default(),
+        };
+        detail.insert(name.clone(), v);
+    }
+    Finding {
+        id: finding_id(&rule.id, raw),
+        rule: rule.id.clone(),
+        category: rule.category.clone(),
+        severity: rule.severity,
+        title: rule.title.clone(),
+        time: owned(&e.time),
+        entry_type: owned(&e.kind),
+        request_id: req.and_then(|r| owned(&r.id)),
+        operation: req.and_then(|r| owned(&r.operation)),
+        path: req.and_then(|r| owned(&r.path)),
+        namespace: namespace_of(e).to_owned(),
+        actor,
+        source: SourceRef {
+            kind: SourceKind::File,
+            name: String::new(),
+            line: 0,
+            offset: 0,
+        },
+        detail,
+    }
+}
+
+/// `denied`, `failed` or `succeeded` for responses; `denied` or `attempted`
+/// for requests (the outcome is not known yet).
+fn outcome(e: &AuditEntry<'_>) -> &'static str {
+    let denied = e
+        .auth
+        .as_ref()
+        .and_then(|a| a.policy_results.as_ref())
+        .and_then(|p| p.allowed)
+        == Some(false);
+    if denied {
+        return "denied";
+    }
+    let is_response = matches!(Field::Kind.get(e), parse::Value::Str(ref s) if s == "response");
+    let has_error = !Field::Error.get(e).is_missing()
+        || !Field::ResponseData(vec!["error".into()])
+            .get(e)
+            .is_missing()
+        || !Field::ResponseData(vec!["errors".into()])
+            .get(e)
+            .is_missing();
+    match (is_response, has_error) {
+        (_, true) => "failed",
+        (true, false) => "succeeded",
+        (false, false) => "attempted",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchecked_utf8_slices_are_char_boundaries() {
+        let rules = Arc::new(RuleSet::builtin().unwrap());
+        let a = Analyzer::new(rules, true, 1 << 20);
+        // Multi-byte characters right before and after newlines.
+        let block = "{\"error\":\"é\"}\n\u{1F600}\n{\"x\":\"日本\"}\r\n{}".as_bytes();
+        let r = a.scan_block(block);
+        assert_eq!(r.lines, 4);
+        assert_eq!(r.invalid_json, 1, "the emoji line is not JSON");
+        assert_eq!(r.invalid_utf8, 0);
+    }
+
+    #[test]
+    fn bad_lines_are_counted_and_located() {
+        let rules = Arc::new(RuleSet::builtin().unwrap());
+        let a = Analyzer::new(rules, false, 1 << 20);
+        let block = b"{\"type\":\"request\"}\n{\"type\":\xff}\n\n[1,2\n{\"request\":{\"path\":\"sys/raw/x\"\n";
+        let r = a.scan_block(block);
+        assert_eq!(r.lines, 5);
+        assert_eq!(r.entries, 4);
+        assert_eq!(r.invalid_utf8, 1);
+        assert_eq!(r.invalid_json, 2);
+        let located: Vec<(u64, u64, ErrorKind)> = r
+            .errors
+            .iter()
+            .map(|e| (e.line_idx, e.offset, e.kind))
+            .collect();
+        assert_eq!(
+            located,
+            vec![
+                (1, 19, ErrorKind::InvalidUtf8),
+                (3, 31, ErrorKind::InvalidJson),
+                (4, 36, ErrorKind::InvalidJson)
+            ]
+        );
+    }
+}

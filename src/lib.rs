@@ -1,0 +1,46 @@
+//! # auditwatch
+//!
+//! Watches the audit stream of HashiCorp Vault and OpenBao and reports, at
+//! once, when someone touches the keys to the kingdom: root tokens created or
+//! used, privileged `sys/` endpoints, failed and brute-forced logins.
+//!
+//! ## The pipeline
+//!
+//! ```text
+//! tcp / unix / udp connections ─┐  (read continuously, never wait on analysis)
+//! file tailer ──────────────────┤
+//! replay files (.log .gz .zst) ─┘
+//!             │  framing::Framer → pooled Blocks of complete lines (zero copy)
+//!             ▼
+//!    archive ── the raw bytes first (byte-for-byte fallback copy)
+//!             ▼
+//!    analyze::Analyzer ×N ── prefilter → parse::AuditEntry<'a> → rules → Hit
+//!             ▼
+//!    engine::Judge ── stream order: lines, offsets, throttles, Stats → Finding
+//!             ▼
+//!    output / sinks
+//! ```
+//!
+//! ## Reading order
+//! 1. [`framing`]: newline framing, oversize lines, pooled blocks.
+//! 2. [`parse`]: the borrowed entry view and raw-JSON helpers.
+//! 3. [`rules`]: the rule format, conditions, the literal prefilter.
+//! 4. [`analyze`] and [`engine`]: stateless matching, then ordered judging.
+//! 5. [`replay`]: the offline mode; [`archive`]: the fallback copy.
+//! 6. [`finding`] and [`output`]: what is reported and how it is written.
+//!
+//! ## When a queue is full
+//! | edge | when full |
+//! |---|---|
+//! | replay reader → analysis workers | block (files wait on disk) |
+//! | analysis workers → collector | block (the collector never waits on them) |
+
+pub mod analyze;
+pub mod archive;
+pub mod engine;
+pub mod finding;
+pub mod framing;
+pub mod output;
+pub mod parse;
+pub mod replay;
+pub mod rules;

@@ -1,0 +1,489 @@
+//! Conditions: how a rule tests an entry, and which literals a line must
+//! contain for a condition to hold (for the prefilter).
+
+use std::borrow::Cow;
+
+use globset::{GlobBuilder, GlobMatcher};
+use regex::Regex;
+use serde::Deserialize;
+
+use super::field::Field;
+use crate::parse::{array_any_str, object_get, AuditEntry, Value};
+
+/// A string or a list of strings in a rule file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// A scalar to compare with.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+/// A condition as written in a rule file: exactly one of `all`, `any`,
+/// `not`, or `field` with exactly one test.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CondDef {
+    pub all: Option<Vec<CondDef>>,
+    pub any: Option<Vec<CondDef>>,
+    pub not: Option<Box<CondDef>>,
+    pub field: Option<String>,
+    pub equals: Option<Scalar>,
+    pub prefix: Option<OneOrMany>,
+    pub suffix: Option<OneOrMany>,
+    pub glob: Option<OneOrMany>,
+    pub regex: Option<String>,
+    #[serde(rename = "in")]
+    pub in_list: Option<Vec<String>>,
+    pub contains: Option<OneOrMany>,
+    pub exists: Option<bool>,
+    pub gt: Option<f64>,
+    pub gte: Option<f64>,
+    pub lt: Option<f64>,
+    pub lte: Option<f64>,
+}
+
+#[derive(Debug)]
+pub enum Cond {
+    All(Vec<Cond>),
+    Any(Vec<Cond>),
+    Not(Box<Cond>),
+    Leaf { field: Field, test: Test },
+}
+
+#[derive(Debug)]
+pub enum Test {
+    Equals(Scalar),
+    Prefix(Vec<String>),
+    Suffix(Vec<String>),
+    Glob(Vec<(String, GlobMatcher)>),
+    Regex(Regex),
+    In(Vec<String>),
+    Contains(Vec<String>),
+    Exists(bool),
+    Cmp(CmpOp, f64),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum CmpOp {
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+}
+
+/// Regexes larger than this are refused (hostile rule files).
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Conditions nested deeper than this are refused.
+const MAX_DEPTH: usize = 32;
+
+impl Cond {
+    pub fn compile(def: &CondDef) -> Result<Cond, String> {
+        Self::compile_at(def, 0)
+    }
+
+    fn compile_at(def: &CondDef, depth: usize) -> Result<Cond, String> {
+        if depth > MAX_DEPTH {
+            return Err(format!("conditions nested deeper than {MAX_DEPTH}"));
+        }
+        let tests = [
+            def.equals.is_some(),
+            def.prefix.is_some(),
+            def.suffix.is_some(),
+            def.glob.is_some(),
+            def.regex.is_some(),
+            def.in_list.is_some(),
+            def.contains.is_some(),
+            def.exists.is_some(),
+            def.gt.is_some(),
+            def.gte.is_some(),
+            def.lt.is_some(),
+            def.lte.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        let groups = [
+            def.all.is_some(),
+            def.any.is_some(),
+            def.not.is_some(),
+            def.field.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if groups != 1 {
+            return Err("a condition needs exactly one of `all`, `any`, `not` or `field`".into());
+        }
+        if let Some(list) = &def.all {
+            if list.is_empty() {
+                return Err("`all` is empty".into());
+            }
+            return Ok(Cond::All(
+                list.iter()
+                    .map(|c| Self::compile_at(c, depth + 1))
+                    .collect::<Result<_, _>>()?,
+            ));
+        }
+        if let Some(list) = &def.any {
+            if list.is_empty() {
+                return Err("`any` is empty".into());
+            }
+            return Ok(Cond::Any(
+                list.iter()
+                    .map(|c| Self::compile_at(c, depth + 1))
+                    .collect::<Result<_, _>>()?,
+            ));
+        }
+        if let Some(inner) = &def.not {
+            return Ok(Cond::Not(Box::new(Self::compile_at(inner, depth + 1)?)));
+        }
+        let name = def.field.as_deref().unwrap_or_default();
+        let field = Field::parse(name)?;
+        if tests != 1 {
+            return Err(format!(
+                "field {name:?} needs exactly one test (equals, prefix, suffix, glob, regex, in, contains, exists, gt, gte, lt, lte)"
+            ));
+        }
+        let test = if let Some(v) = &def.equals {
+            Test::Equals(v.clone())
+        } else if let Some(v) = &def.prefix {
+            Test::Prefix(v.clone().into_vec())
+        } else if let Some(v) = &def.suffix {
+            Test::Suffix(v.clone().into_vec())
+        } else if let Some(v) = &def.glob {
+            let mut globs = Vec::new();
+            for g in v.clone().into_vec() {
+                let m = GlobBuilder::new(&g)
+                    .literal_separator(true)
+                    .backslash_escape(true)
+                    .build()
+                    .map_err(|e| format!("glob {g:?}: {e}"))?
+                    .compile_matcher();
+                globs.push((g, m));
+            }
+            Test::Glob(globs)
+        } else if let Some(r) = &def.regex {
+            let re = regex::RegexBuilder::new(r)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .map_err(|e| format!("regex {r:?}: {e}"))?;
+            Test::Regex(re)
+        } else if let Some(v) = &def.in_list {
+            Test::In(v.clone())
+        } else if let Some(v) = &def.contains {
+            Test::Contains(v.clone().into_vec())
+        } else if let Some(v) = def.exists {
+            Test::Exists(v)
+        } else if let Some(v) = def.gt {
+            Test::Cmp(CmpOp::Gt, v)
+        } else if let Some(v) = def.gte {
+            Test::Cmp(CmpOp::Gte, v)
+        } else if let Some(v) = def.lt {
+            Test::Cmp(CmpOp::Lt, v)
+        } else {
+            Test::Cmp(CmpOp::Lte, def.lte.unwrap_or_default())
+        };
+        Ok(Cond::Leaf { field, test })
+    }
+
+    pub fn eval(&self, e: &AuditEntry<'_>) -> bool {
+        match self {
+            Cond::All(list) => list.iter().all(|c| c.eval(e)),
+            Cond::Any(list) => list.iter().any(|c| c.eval(e)),
+            Cond::Not(c) => !c.eval(e),
+            Cond::Leaf { field, test } => test.eval(&field.get(e)),
+        }
+    }
+
+    /// Literals of which a line must contain at least one for this condition
+    /// to hold; `None` when no such set is known (every line is a candidate).
+    pub fn literals(&self) -> Option<Vec<String>> {
+        match self {
+            Cond::Not(_) => None,
+            Cond::Any(list) => {
+                let mut out = Vec::new();
+                for c in list {
+                    out.extend(c.literals()?);
+                }
+                Some(out)
+            }
+            // One child's set suffices: pick the most selective.
+            Cond::All(list) => list.iter().filter_map(Cond::literals).max_by_key(|lits| {
+                let shortest = lits.iter().map(String::len).min().unwrap_or(0);
+                (shortest.min(12), usize::MAX - lits.len())
+            }),
+            Cond::Leaf { field, test } => leaf_literals(field, test),
+        }
+    }
+}
+
+/// Bytes that may follow a string inside a JSON array.
+const ARRAY_FOLLOWERS: [&str; 6] = [",", "]", " ", "\t", "\r", "\n"];
+
+fn leaf_literals(field: &Field, test: &Test) -> Option<Vec<String>> {
+    if !field.selective() {
+        return None;
+    }
+    let quoted = |v: &str| -> Vec<String> {
+        if field.is_array() {
+            // `"root"` alone matches `"namespace":{"id":"root"}` on every
+            // OpenBao line; inside an array the string is followed by one of
+            // these.
+            ARRAY_FOLLOWERS
+                .iter()
+                .map(|f| format!("\"{v}\"{f}"))
+                .collect()
+        } else if field.is_verbatim() {
+            vec![format!("\"{v}\"")]
+        } else {
+            // Derived fields (`path` drops a trailing `/`): the opening quote only.
+            vec![format!("\"{v}")]
+        }
+    };
+    let key = || field.json_key().map(|k| vec![format!("\"{k}\"")]);
+    let usable = |lits: Vec<String>| -> Option<Vec<String>> {
+        // Too short to narrow anything down (and an empty literal matches all).
+        (lits.iter().all(|l| l.trim_matches('"').len() >= 3)).then_some(lits)
+    };
+    match test {
+        Test::Equals(Scalar::Str(v)) => usable(quoted(v)),
+        Test::Equals(_) | Test::Cmp(..) | Test::Exists(true) => key(),
+        Test::Exists(false) => None,
+        Test::In(list) => usable(list.iter().flat_map(|v| quoted(v)).collect()),
+        Test::Prefix(list) => usable(list.iter().map(|p| format!("\"{p}")).collect()),
+        Test::Suffix(list) => usable(list.iter().map(|s| format!("{s}\"")).collect()),
+        Test::Contains(list) => {
+            if field.is_array() {
+                usable(list.iter().flat_map(|v| quoted(v)).collect())
+            } else if matches!(field, Field::RequestData(_) | Field::ResponseData(_)) {
+                // On an object, `contains` names a key.
+                usable(list.iter().map(|k| format!("\"{k}\"")).collect())
+            } else {
+                usable(list.clone())
+            }
+        }
+        Test::Glob(globs) => usable(
+            globs
+                .iter()
+                .map(|(g, _)| glob_literal(g))
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        Test::Regex(_) => None,
+    }
+}
+
+/// The longest run of plain characters in a glob.
+fn glob_literal(glob: &str) -> Option<String> {
+    let mut best = "";
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (i, c) in glob.char_indices() {
+        let special = matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | ',' | '\\');
+        if c == '{' || c == '[' {
+            depth += 1;
+        }
+        if special || depth > 0 {
+            let run = &glob[start..i];
+            if run.len() > best.len() {
+                best = run;
+            }
+            start = i + c.len_utf8();
+        }
+        if (c == '}' || c == ']') && depth > 0 {
+            depth -= 1;
+        }
+    }
+    if depth == 0 && glob.len() - start > best.len() {
+        best = &glob[start..];
+    }
+    (!best.is_empty()).then(|| best.to_owned())
+}
+
+impl Test {
+    fn eval(&self, v: &Value<'_>) -> bool {
+        match (self, v) {
+            (Test::Exists(want), v) => *want != v.is_missing(),
+            (_, Value::Missing) => false,
+            (Test::Equals(Scalar::Bool(b)), Value::Bool(x)) => b == x,
+            (Test::Equals(Scalar::Int(i)), Value::Num(x)) => (*i as f64) == *x,
+            (Test::Equals(Scalar::Float(f)), Value::Num(x)) => f == x,
+            (Test::Cmp(op, n), Value::Num(x)) => match op {
+                CmpOp::Gt => x > n,
+                CmpOp::Gte => x >= n,
+                CmpOp::Lt => x < n,
+                CmpOp::Lte => x <= n,
+            },
+            (Test::Contains(keys), Value::Object(raw)) => {
+                keys.iter().any(|k| object_get(raw, k).is_some())
+            }
+            (Test::Contains(subs), Value::Str(s)) => subs.iter().any(|x| s.contains(x.as_str())),
+            (Test::Contains(items), Value::Array(raw)) => {
+                array_any_str(raw, &mut |s| items.iter().any(|i| i == s))
+            }
+            (t, Value::Str(s)) => t.eval_str(s),
+            (t, Value::Array(raw)) => array_any_str(raw, &mut |s| t.eval_str(s)),
+            _ => false,
+        }
+    }
+
+    fn eval_str(&self, s: &str) -> bool {
+        match self {
+            Test::Equals(Scalar::Str(v)) => s == v,
+            Test::Prefix(list) => list.iter().any(|p| s.starts_with(p.as_str())),
+            Test::Suffix(list) => list.iter().any(|p| s.ends_with(p.as_str())),
+            Test::Glob(globs) => globs.iter().any(|(_, g)| g.is_match(s)),
+            Test::Regex(re) => re.is_match(s),
+            Test::In(list) => list.iter().any(|v| v == s),
+            Test::Contains(list) => list.iter().any(|v| s.contains(v.as_str())),
+            _ => false,
+        }
+    }
+}
+
+/// A string value of a field, if it has one (for throttle keys and details).
+pub fn value_string(v: &Value<'_>) -> Option<String> {
+    match v {
+        Value::Str(Cow::Borrowed(s)) => Some((*s).to_owned()),
+        Value::Str(Cow::Owned(s)) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Num(n) => Some(n.to_string()),
+        Value::Array(raw) | Value::Object(raw) => Some(raw.get().to_owned()),
+        Value::Missing => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cond(toml_src: &str) -> Cond {
+        let def: CondDef = toml::from_str(toml_src).unwrap();
+        Cond::compile(&def).unwrap()
+    }
+
+    #[test]
+    fn glob_literals() {
+        assert_eq!(glob_literal("sys/raw/*").as_deref(), Some("sys/raw/"));
+        assert_eq!(glob_literal("auth/**/login").as_deref(), Some("/login"));
+        assert_eq!(
+            glob_literal("sys/{rekey,rekey-recovery-key}/*").as_deref(),
+            Some("sys/")
+        );
+        assert_eq!(glob_literal("*").as_deref(), None);
+    }
+
+    #[test]
+    fn literal_sets() {
+        let c = cond(
+            r#"all = [{field="kind", equals="response"}, {field="response.auth.policies", contains="root"}]"#,
+        );
+        let lits = c.literals().unwrap();
+        assert!(lits.contains(&"\"root\"]".to_owned()));
+        assert!(!lits.contains(&"\"root\"".to_owned()));
+        let c =
+            cond(r#"any = [{field="path", prefix="sys/raw"}, {not={field="kind", equals="x"}}]"#);
+        assert!(c.literals().is_none());
+        let c = cond(
+            r#"field = "path"
+glob = ["sys/rotate", "sys/rotate/**"]"#,
+        );
+        assert_eq!(c.literals().unwrap(), vec!["sys/rotate", "sys/rotate/"]);
+    }
+
+    #[test]
+    fn bad_conditions_are_refused() {
+        for src in [
+            r#"field = "path""#,
+            r#"field = "path"
+prefix = "a"
+glob = "b""#,
+            r#"all = []"#,
+            r#"field = "nope"
+exists = true"#,
+            r#"field = "path"
+regex = "(""#,
+        ] {
+            let def: CondDef = toml::from_str(src).unwrap();
+            assert!(Cond::compile(&def).is_err(), "{src}");
+        }
+        let huge = format!("field = \"path\"\nregex = \"{}\"", "a{1000}{1000}");
+        let def: CondDef = toml::from_str(&huge).unwrap();
+        assert!(Cond::compile(&def).is_err());
+    }
+
+    #[test]
+    fn evaluates_entries() {
+        let line = r#"{"type":"response","auth":{"policies":["default","root"]},"request":{"path":"sys/policies/acl/x/","operation":"list"},"response":{"data":{"complete":true,"keys":["a"]}},"error":""}"#;
+        let e = crate::parse::parse_str(line).unwrap();
+        assert!(cond(
+            r#"field="auth.policies"
+contains="root""#
+        )
+        .eval(&e));
+        assert!(cond(
+            r#"field="auth.policies"
+prefix="de""#
+        )
+        .eval(&e));
+        assert!(cond(
+            r#"field="path"
+equals="sys/policies/acl/x""#
+        )
+        .eval(&e));
+        assert!(cond(
+            r#"field="path"
+glob="sys/policies/*/*""#
+        )
+        .eval(&e));
+        assert!(
+            !cond(
+                r#"field="path"
+glob="sys/*""#
+            )
+            .eval(&e),
+            "* does not cross /"
+        );
+        assert!(cond(
+            r#"field="response.data.complete"
+equals=true"#
+        )
+        .eval(&e));
+        assert!(cond(
+            r#"field="response.data"
+contains="keys""#
+        )
+        .eval(&e));
+        assert!(
+            cond(
+                r#"field="error"
+exists=false"#
+            )
+            .eval(&e),
+            "empty error means none"
+        );
+        assert!(!cond(
+            r#"field="write"
+equals=true"#
+        )
+        .eval(&e));
+    }
+}

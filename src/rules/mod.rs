@@ -1,0 +1,643 @@
+//! Rules: TOML files → a compiled [`RuleSet`] with a literal prefilter.
+//!
+//! The built-in pack (`patterns/*.toml`) is embedded in the binary;
+//! `--patterns DIR` adds rules, and a rule whose `id` equals a built-in one
+//! replaces it. The format (documented in the README):
+//!
+//! ```toml
+//! [[rule]]
+//! id = "privileged.raw_storage"          # unique, stable
+//! title = "Raw storage access"
+//! category = "privileged_endpoint"
+//! severity = "critical"                   # info, low, medium, high, critical
+//! description = "Why it matters and what to do."
+//! references = ["https://openbao.org/api-docs/system/raw/"]
+//! detail = ["response.auth.display_name"] # extra fields copied into the finding
+//! when = { all = [
+//!   { field = "path", glob = ["sys/raw", "sys/raw/**"] },
+//! ] }
+//! throttle = { key = ["auth.accessor"], window = "1h" }  # optional
+//!
+//! [[rule.fixture]]
+//! expect = "fire"                         # or "quiet"
+//! source = "tests/data/openbao/scenarios.log:120"
+//! line = '''{"time":…}'''
+//! ```
+//!
+//! The prefilter: each rule's condition yields a set of literals of which a
+//! line must contain at least one for the rule to match (see
+//! [`cond::Cond::literals`]). One Aho-Corasick automaton over all of them,
+//! plus `\u` and `\/` (the only JSON escapes that can spell a literal's
+//! characters), finds the candidate lines; the rest are never parsed. It may
+//! say "maybe" too often, never too rarely. A rule that yields no literal set
+//! (a lone `not`, a regex) turns the prefilter off.
+
+pub mod cond;
+pub mod field;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aho_corasick::{AhoCorasick, Input, MatchKind};
+use serde::Deserialize;
+
+use crate::finding::Severity;
+use crate::parse::{self, AuditEntry};
+use cond::{Cond, CondDef};
+use field::Field;
+
+/// The built-in rule pack, embedded at build time. A unit test checks that
+/// every file of `patterns/` is listed here.
+pub const BUILTIN: &[(&str, &str)] = &[
+    (
+        "patterns/privileged.toml",
+        include_str!("../../patterns/privileged.toml"),
+    ),
+    (
+        "patterns/root_token.toml",
+        include_str!("../../patterns/root_token.toml"),
+    ),
+    (
+        "patterns/login.toml",
+        include_str!("../../patterns/login.toml"),
+    ),
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFileDef {
+    #[serde(default, rename = "rule")]
+    rules: Vec<RuleDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleDef {
+    id: toml::Spanned<String>,
+    title: String,
+    category: String,
+    severity: String,
+    description: String,
+    #[serde(default)]
+    references: Vec<String>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    detail: Vec<String>,
+    when: CondDef,
+    #[serde(default)]
+    throttle: Option<ThrottleDef>,
+    #[serde(default, rename = "fixture")]
+    fixtures: Vec<FixtureDef>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThrottleDef {
+    key: Vec<String>,
+    window: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureDef {
+    pub expect: Expect,
+    pub line: String,
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    Fire,
+    Quiet,
+}
+
+/// Suppress repeats: one finding per key per window of entry time.
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    pub key: Vec<Field>,
+    pub key_names: Vec<String>,
+    pub window: Duration,
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub id: String,
+    pub title: String,
+    pub category: String,
+    pub severity: Severity,
+    pub description: String,
+    pub references: Vec<String>,
+    pub detail: Vec<(String, Field)>,
+    pub when: Cond,
+    pub throttle: Option<Throttle>,
+    pub fixtures: Vec<FixtureDef>,
+    /// The file it came from (`patterns/x.toml` for built-ins) and the line of its id.
+    pub origin: String,
+    /// Literals a line needs for this rule (`None`: no set known).
+    pub literals: Option<Vec<String>>,
+}
+
+/// A rule file could not be loaded. Says which file, which line or rule, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct RuleError {
+    pub origin: String,
+    pub message: String,
+}
+
+/// All loaded rules and their prefilter.
+#[derive(Debug)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    prefilter: Option<AhoCorasick>,
+    literal_count: usize,
+}
+
+/// The most rules a set may hold (hostile rule directories).
+const MAX_RULES: usize = 10_000;
+/// The largest rule file read.
+const MAX_RULE_FILE: u64 = 4 << 20;
+
+impl RuleSet {
+    /// The built-in pack alone.
+    pub fn builtin() -> Result<RuleSet, RuleError> {
+        Self::load(None)
+    }
+
+    /// The built-in pack plus every `*.toml` under `extra` (sorted, recursive).
+    pub fn load(extra: Option<&Path>) -> Result<RuleSet, RuleError> {
+        let mut rules = Vec::new();
+        for (name, text) in BUILTIN {
+            merge_layer(&mut rules, parse_file(name, text)?, false);
+        }
+        if let Some(dir) = extra {
+            let mut layer = Vec::new();
+            for path in toml_files(dir)? {
+                let origin = path.display().to_string();
+                let meta = std::fs::metadata(&path).map_err(|e| err(&origin, e))?;
+                if meta.len() > MAX_RULE_FILE {
+                    return Err(err(&origin, format!("larger than {MAX_RULE_FILE} bytes")));
+                }
+                let text = std::fs::read_to_string(&path).map_err(|e| err(&origin, e))?;
+                let parsed = parse_file(&origin, &text)?;
+                for r in parsed {
+                    if let Some(prev) = layer.iter().find(|p: &&Rule| p.id == r.id) {
+                        return Err(err(
+                            &r.origin,
+                            format!("duplicate rule id {:?} (first at {})", r.id, prev.origin),
+                        ));
+                    }
+                    layer.push(r);
+                }
+            }
+            merge_layer(&mut rules, layer, true);
+        }
+        Self::from_rules(rules)
+    }
+
+    /// A set from rule-file text (tests, fuzzing).
+    pub fn from_toml(origin: &str, text: &str) -> Result<RuleSet, RuleError> {
+        Self::from_rules(parse_file(origin, text)?)
+    }
+
+    fn from_rules(rules: Vec<Rule>) -> Result<RuleSet, RuleError> {
+        if rules.len() > MAX_RULES {
+            return Err(err("rules", format!("more than {MAX_RULES} rules")));
+        }
+        let mut literals: Vec<String> = Vec::new();
+        let mut all_known = true;
+        for r in &rules {
+            match &r.literals {
+                Some(l) => literals.extend(l.iter().cloned()),
+                None => all_known = false,
+            }
+        }
+        literals.sort();
+        literals.dedup();
+        let prefilter = if all_known && !rules.is_empty() {
+            let mut patterns = literals.clone();
+            // JSON escapes that could spell a literal's characters.
+            patterns.push("\\u".into());
+            patterns.push("\\/".into());
+            Some(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostFirst)
+                    .build(&patterns)
+                    .map_err(|e| err("prefilter", e))?,
+            )
+        } else {
+            None
+        };
+        Ok(RuleSet {
+            literal_count: literals.len(),
+            rules,
+            prefilter,
+        })
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn get(&self, idx: usize) -> &Rule {
+        &self.rules[idx]
+    }
+
+    pub fn find(&self, id: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.id == id)
+    }
+
+    /// Number of distinct prefilter literals, 0 when the prefilter is off.
+    pub fn literal_count(&self) -> usize {
+        if self.prefilter.is_some() {
+            self.literal_count
+        } else {
+            0
+        }
+    }
+
+    pub fn prefilter_enabled(&self) -> bool {
+        self.prefilter.is_some()
+    }
+
+    /// Start of the first prefilter hit in `hay[from..]`, if any. With the
+    /// prefilter off every position is a hit.
+    #[inline]
+    pub fn next_candidate(&self, hay: &[u8], from: usize) -> Option<usize> {
+        if from >= hay.len() {
+            return None;
+        }
+        match &self.prefilter {
+            None => Some(from),
+            Some(ac) => ac.find(Input::new(hay).range(from..)).map(|m| m.start()),
+        }
+    }
+
+    /// Whether a single line passes the prefilter.
+    pub fn is_candidate(&self, line: &[u8]) -> bool {
+        self.next_candidate(line, 0).is_some()
+    }
+
+    /// Indices of the rules matching an entry (stateless part only).
+    pub fn matches<'s>(&'s self, e: &'s AuditEntry<'_>) -> impl Iterator<Item = usize> + 's {
+        self.rules
+            .iter()
+            .enumerate()
+            .filter(move |(_, r)| r.when.eval(e))
+            .map(|(i, _)| i)
+    }
+
+    /// Runs every rule's fixtures: each `fire` line must pass the prefilter
+    /// and match its rule; each `quiet` line must not match it.
+    pub fn test_fixtures(&self) -> Vec<FixtureFailure> {
+        let mut failures = Vec::new();
+        for rule in &self.rules {
+            if rule.fixtures.is_empty() {
+                failures.push(FixtureFailure {
+                    origin: rule.origin.clone(),
+                    rule: rule.id.clone(),
+                    index: 0,
+                    problem: "has no fixtures (needs a line that fires and a near miss)".into(),
+                });
+                continue;
+            }
+            for expect in [Expect::Fire, Expect::Quiet] {
+                if !rule.fixtures.iter().any(|f| f.expect == expect) {
+                    failures.push(FixtureFailure {
+                        origin: rule.origin.clone(),
+                        rule: rule.id.clone(),
+                        index: 0,
+                        problem: format!(
+                            "has no `{}` fixture",
+                            if expect == Expect::Fire {
+                                "fire"
+                            } else {
+                                "quiet"
+                            }
+                        ),
+                    });
+                }
+            }
+            for (i, fx) in rule.fixtures.iter().enumerate() {
+                let fail = |problem: String| FixtureFailure {
+                    origin: rule.origin.clone(),
+                    rule: rule.id.clone(),
+                    index: i + 1,
+                    problem,
+                };
+                let line = fx.line.trim_end_matches(['\r', '\n']);
+                let entry = match parse::parse_str(line) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        failures.push(fail(format!("fixture does not parse: {e}")));
+                        continue;
+                    }
+                };
+                let fired = rule.when.eval(&entry);
+                match fx.expect {
+                    Expect::Fire if !fired => {
+                        failures.push(fail("expected to fire, stayed quiet".into()))
+                    }
+                    Expect::Fire if !self.is_candidate(line.as_bytes()) => {
+                        failures.push(fail("fires, but the prefilter skips the line".into()))
+                    }
+                    Expect::Quiet if fired => {
+                        failures.push(fail("expected to stay quiet, fired".into()))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        failures
+    }
+}
+
+/// A fixture that did not behave.
+#[derive(Debug, Clone)]
+pub struct FixtureFailure {
+    pub origin: String,
+    pub rule: String,
+    /// 1-based fixture number in the rule (0: the rule as a whole).
+    pub index: usize,
+    pub problem: String,
+}
+
+impl std::fmt::Display for FixtureFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.index == 0 {
+            write!(f, "{}: rule {}: {}", self.origin, self.rule, self.problem)
+        } else {
+            write!(
+                f,
+                "{}: rule {} fixture {}: {}",
+                self.origin, self.rule, self.index, self.problem
+            )
+        }
+    }
+}
+
+fn err(origin: &str, e: impl std::fmt::Display) -> RuleError {
+    RuleError {
+        origin: origin.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// Later layers replace rules with the same id; new ids are appended.
+fn merge_layer(rules: &mut Vec<Rule>, layer: Vec<Rule>, replace: bool) {
+    for r in layer {
+        match rules.iter_mut().find(|x| x.id == r.id) {
+            Some(slot) if replace => *slot = r,
+            _ => rules.push(r),
+        }
+    }
+}
+
+fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, RuleError> {
+    let origin = dir.display().to_string();
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|e| err(&d.display().to_string(), e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| err(&origin, e))?;
+            let p = entry.path();
+            let ft = entry.file_type().map_err(|e| err(&origin, e))?;
+            if ft.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+fn parse_file(origin: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
+    let def: RuleFileDef = toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| format!(":{}", line_of(text, s.start)))
+            .unwrap_or_default();
+        RuleError {
+            origin: format!("{origin}{at}"),
+            message: e.message().to_owned(),
+        }
+    })?;
+    let mut out: Vec<Rule> = Vec::new();
+    for d in def.rules {
+        let at = format!("{origin}:{}", line_of(text, d.id.span().start));
+        let id = d.id.into_inner();
+        let fail = |m: String| RuleError {
+            origin: at.clone(),
+            message: format!("rule {id:?}: {m}"),
+        };
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(fail(
+                "id must be non-empty ASCII letters, digits, `.`, `_` or `-`".into(),
+            ));
+        }
+        if let Some(prev) = out.iter().find(|r| r.id == id) {
+            return Err(fail(format!(
+                "duplicate rule id (first at {})",
+                prev.origin
+            )));
+        }
+        if d.category.is_empty()
+            || !d
+                .category
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_')
+        {
+            return Err(fail("category must be lower_snake_case".into()));
+        }
+        let severity: Severity = d.severity.parse().map_err(fail)?;
+        let when = Cond::compile(&d.when).map_err(|m| fail(format!("when: {m}")))?;
+        let mut detail = Vec::new();
+        for name in &d.detail {
+            let f = Field::parse(name).map_err(|m| fail(format!("detail: {m}")))?;
+            if f.is_data_value() {
+                return Err(fail(format!(
+                    "detail: {name:?} would copy a value out of request/response data, which may be a secret"
+                )));
+            }
+            detail.push((name.clone(), f));
+        }
+        let throttle = match d.throttle {
+            None => None,
+            Some(t) => {
+                let window =
+                    parse_duration(&t.window).map_err(|m| fail(format!("throttle.window: {m}")))?;
+                let key = t
+                    .key
+                    .iter()
+                    .map(|k| Field::parse(k))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|m| fail(format!("throttle.key: {m}")))?;
+                if key.is_empty() {
+                    return Err(fail("throttle.key is empty".into()));
+                }
+                Some(Throttle {
+                    key,
+                    key_names: t.key,
+                    window,
+                })
+            }
+        };
+        if !d.enabled {
+            continue;
+        }
+        out.push(Rule {
+            literals: when.literals(),
+            id,
+            title: d.title,
+            category: d.category,
+            severity,
+            description: d.description,
+            references: d.references,
+            detail,
+            when,
+            throttle,
+            fixtures: d.fixtures,
+            origin: at,
+        });
+    }
+    Ok(out)
+}
+
+/// `90s`, `15m`, `1h`, `2d`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (e.g. 90s, 15m, 1h)"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h, d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// Names of all categories in a set, with their rule counts.
+pub fn categories(set: &RuleSet) -> HashMap<&str, usize> {
+    let mut m = HashMap::new();
+    for r in set.rules() {
+        *m.entry(r.category.as_str()).or_insert(0) += 1;
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pattern_file_is_embedded() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("patterns");
+        let on_disk: Vec<String> = toml_files(&dir)
+            .unwrap()
+            .iter()
+            .map(|p| format!("patterns/{}", p.strip_prefix(&dir).unwrap().display()))
+            .collect();
+        let embedded: Vec<String> = BUILTIN.iter().map(|(n, _)| n.to_string()).collect();
+        let mut a = on_disk.clone();
+        a.sort();
+        let mut b = embedded.clone();
+        b.sort();
+        assert_eq!(a, b, "patterns/ and rules::BUILTIN disagree");
+    }
+
+    #[test]
+    fn builtin_pack_loads_with_prefilter() {
+        let set = RuleSet::builtin().unwrap();
+        assert!(set.rules().len() >= 10);
+        assert!(
+            set.prefilter_enabled(),
+            "every built-in rule must give the prefilter literals"
+        );
+    }
+
+    #[test]
+    fn builtin_fixtures_pass() {
+        let set = RuleSet::builtin().unwrap();
+        let failures = set.test_fixtures();
+        assert!(
+            failures.is_empty(),
+            "{}",
+            failures
+                .iter()
+                .map(|f| f.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
+    const MINI: &str = r#"
+[[rule]]
+id = "t.raw"
+title = "raw"
+category = "privileged_endpoint"
+severity = "critical"
+description = "d"
+when = { field = "path", glob = ["sys/raw", "sys/raw/**"] }
+"#;
+
+    #[test]
+    fn rule_errors_name_file_and_line() {
+        let e = RuleSet::from_toml("x.toml", &format!("{MINI}{MINI}")).unwrap_err();
+        assert!(e.origin.starts_with("x.toml:"), "{e}");
+        assert!(e.message.contains("duplicate"), "{e}");
+        let e = RuleSet::from_toml("y.toml", &MINI.replace("description", "descr")).unwrap_err();
+        assert!(e.to_string().contains("y.toml:"), "{e}");
+        let e = RuleSet::from_toml("z.toml", &MINI.replace("critical", "urgent")).unwrap_err();
+        assert!(e.to_string().contains("z.toml:3"), "{e}");
+    }
+
+    #[test]
+    fn prefilter_sees_escaped_literals() {
+        let set = RuleSet::from_toml("m.toml", MINI).unwrap();
+        assert!(set.is_candidate(br#"{"request":{"path":"sys/raw/x"}}"#));
+        assert!(set.is_candidate(br#"{"request":{"path":"sys\/raw\/x"}}"#));
+        assert!(set.is_candidate(br#"{"request":{"path":"\u0073ys/raw/x"}}"#));
+        assert!(!set.is_candidate(br#"{"request":{"path":"secret/data/x"}}"#));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+}

@@ -119,6 +119,8 @@ pub struct Analyzer {
     rules: Arc<RuleSet>,
     strict: bool,
     max_line: usize,
+    /// Vault's optional device `prefix`, stripped before parsing.
+    prefix: Option<Arc<[u8]>>,
 }
 
 impl Analyzer {
@@ -127,7 +129,14 @@ impl Analyzer {
             rules,
             strict,
             max_line,
+            prefix: None,
         }
+    }
+
+    /// Strips `prefix` from the start of lines that carry it.
+    pub fn with_prefix(mut self, prefix: &[u8]) -> Self {
+        self.prefix = (!prefix.is_empty()).then(|| Arc::from(prefix));
+        self
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {
@@ -149,7 +158,10 @@ impl Analyzer {
         for (idx, (start, line)) in lines(block).enumerate() {
             let idx = idx as u64;
             out.lines += 1;
-            let content = trim_line(line);
+            let mut content = trim_line(line);
+            if let Some(p) = &self.prefix {
+                content = content.strip_prefix(&p[..]).unwrap_or(content);
+            }
             if content.is_empty() {
                 continue;
             }

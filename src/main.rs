@@ -1,16 +1,23 @@
 //! The `auditwatch` command line. See README.md for every command and flag.
 
 use std::io::{self, IsTerminal, Write};
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use auditwatch::analyze::Analyzer;
+use auditwatch::archive::{self, Archive, ArchiveConfig, Compression, FsyncPolicy};
 use auditwatch::engine::Stats;
 use auditwatch::finding::Severity;
+use auditwatch::listen::{self, ListenConfig};
 use auditwatch::output::{FindingWriter, Format};
+use auditwatch::pipeline::{CountersSnapshot, Pipeline};
 use auditwatch::replay::{self, ReplayOptions};
 use auditwatch::rules::RuleSet;
 
@@ -27,6 +34,14 @@ struct Cli {
 enum Command {
     /// Analyse archived audit logs (plain, .gz, .zst; files, directories, `-` for stdin).
     Replay(ReplayArgs),
+    /// Receive Vault's socket audit device (tcp, unix, udp): archive, analyse, report.
+    Listen(Box<ListenArgs>),
+    /// Check a fallback archive's manifest chain and segments; exit 1 on any problem.
+    Verify {
+        /// The archive directory (holds audit.log and manifest.jsonl).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// List or test the loaded rules.
     Rules {
         #[command(subcommand)]
@@ -94,6 +109,117 @@ struct ReplayArgs {
     quiet: bool,
 }
 
+#[derive(clap::Args)]
+struct ArchiveArgs {
+    /// Fallback archive directory: every complete line received is appended byte for byte to DIR/audit.log.
+    #[arg(long, value_name = "DIR", default_value = "auditwatch-data")]
+    archive: PathBuf,
+    /// Do not keep a fallback archive.
+    #[arg(long)]
+    no_archive: bool,
+    /// Rotate the archive's live file at this size.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+    archive_rotate_size: usize,
+    /// Also rotate when the live file is this old (e.g. 1h, 1d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    archive_rotate_age: Option<Duration>,
+    /// Keep at most this many rotated segments.
+    #[arg(long, value_name = "N")]
+    archive_keep_files: Option<usize>,
+    /// Keep rotated segments up to this many bytes in total.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    archive_keep_bytes: Option<usize>,
+    /// Compress rotated segments.
+    #[arg(long, value_enum, default_value = "none")]
+    archive_compress: CompressArg,
+    /// When to fsync the live file: `always`, `never`, or an interval such as `1s`.
+    #[arg(long, value_name = "POLICY", default_value = "1s", value_parser = parse_fsync)]
+    archive_fsync: FsyncPolicy,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompressArg {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl ArchiveArgs {
+    fn config(&self) -> Option<ArchiveConfig> {
+        if self.no_archive {
+            return None;
+        }
+        let mut c = ArchiveConfig::new(&self.archive);
+        c.rotate_bytes = Some(self.archive_rotate_size as u64);
+        c.rotate_age = self.archive_rotate_age;
+        c.keep_files = self.archive_keep_files;
+        c.keep_bytes = self.archive_keep_bytes.map(|b| b as u64);
+        c.compress = match self.archive_compress {
+            CompressArg::None => Compression::None,
+            CompressArg::Gzip => Compression::Gzip,
+            CompressArg::Zstd => Compression::Zstd,
+        };
+        c.fsync = self.archive_fsync;
+        Some(c)
+    }
+}
+
+#[derive(clap::Args)]
+struct ListenArgs {
+    /// TCP address to listen on (repeatable). Default 127.0.0.1:9090 when no listener is given.
+    #[arg(long, value_name = "ADDR")]
+    tcp: Vec<SocketAddr>,
+    /// Unix stream socket to listen on (repeatable; created with mode 0660).
+    #[arg(long, value_name = "PATH")]
+    unix: Vec<PathBuf>,
+    /// UDP address to listen on (repeatable; one datagram per entry).
+    #[arg(long, value_name = "ADDR")]
+    udp: Vec<SocketAddr>,
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    #[command(flatten)]
+    rules: RulesArgs,
+    /// Strip Vault's `prefix` from lines before parsing (the archive keeps it).
+    #[arg(long, value_name = "PREFIX")]
+    strip_prefix: Option<String>,
+    /// Longest line kept whole; longer ones are archived and counted, not analysed.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
+    max_line_bytes: usize,
+    /// Most connections at once; beyond it, never-productive connections are evicted first.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_connections: usize,
+    /// Close a connection that holds a partial line, or never sent a complete entry, this long.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Findings format.
+    #[arg(long, value_enum, default_value = "json")]
+    format: Format,
+    /// Write findings here instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// At exit, write the run's counters as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
+    /// Analysis threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// On SIGTERM/SIGINT, give up draining after this long (exit 1).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    auditwatch::rules::parse_duration(s)
+}
+
+fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
+    match s {
+        "always" => Ok(FsyncPolicy::Always),
+        "never" => Ok(FsyncPolicy::Never),
+        d => parse_duration(d).map(FsyncPolicy::Interval),
+    }
+}
+
 /// `16MiB`, `512KiB`, `1GiB`, `1000` (bytes).
 fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
@@ -126,6 +252,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Replay(args) => run_replay(args),
         Command::Rules { command } => run_rules(command),
+        Command::Listen(args) => run_listen(*args),
+        Command::Verify { dir } => run_verify(&dir),
     };
     match result {
         Ok(code) => code,
@@ -326,4 +454,163 @@ fn print_summary(doc: &StatsDoc<'_>) {
     for f in doc.failed_inputs {
         let _ = writeln!(e, "not read to its end: {f}");
     }
+}
+
+fn run_verify(dir: &Path) -> Result<ExitCode> {
+    let report =
+        archive::verify(dir).with_context(|| format!("cannot verify {}", dir.display()))?;
+    print!("{report}");
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[derive(serde::Serialize)]
+struct ListenStatsDoc<'a> {
+    #[serde(flatten)]
+    stats: &'a Stats,
+    listener: &'a CountersSnapshot,
+    archive: Option<archive::ArchiveStats>,
+    elapsed_seconds: f64,
+}
+
+fn run_listen(args: ListenArgs) -> Result<ExitCode> {
+    let rules = Arc::new(load_rules(&args.rules)?);
+    let mut cfg = ListenConfig {
+        tcp: args.tcp.clone(),
+        unix: args.unix.clone(),
+        udp: args.udp.clone(),
+        max_line: args.max_line_bytes,
+        max_connections: args.max_connections.max(1),
+        idle_timeout: args.idle_timeout,
+        strip_prefix: args.strip_prefix.clone(),
+    };
+    if cfg.tcp.is_empty() && cfg.unix.is_empty() && cfg.udp.is_empty() {
+        cfg.tcp.push(SocketAddr::from(([127, 0, 0, 1], 9090)));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("listen")
+        .enable_all()
+        .build()?;
+    let listeners = rt.block_on(listen::bind(&cfg))?;
+    let archive = match args.archive.config() {
+        Some(c) => {
+            let dir = c.dir.clone();
+            Some(
+                Archive::open(c)
+                    .with_context(|| format!("cannot open the archive in {}", dir.display()))?,
+            )
+        }
+        None => None,
+    };
+    let to_terminal = args.output.is_none() && io::stdout().is_terminal();
+    let out: Box<dyn Write + Send> = match &args.output {
+        Some(p) => Box::new(io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(io::BufWriter::new(io::stdout())),
+    };
+    let mut writer = FindingWriter::new(out, args.format, to_terminal, true);
+    let mut analyzer = Analyzer::new(rules, false, args.max_line_bytes);
+    if let Some(p) = &args.strip_prefix {
+        analyzer = analyzer.with_prefix(p.as_bytes());
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| ReplayOptions::default().threads)
+        .max(1);
+    let pipeline = Pipeline::start(
+        archive,
+        analyzer,
+        threads,
+        Box::new(move |f| writer.write(f)),
+    );
+    for b in &listeners.bound {
+        eprintln!("auditwatch listen: listening on {b}");
+    }
+    for (i, granted) in listeners.udp_rcvbuf.iter().enumerate() {
+        eprintln!("auditwatch listen: udp socket {i}: kernel receive buffer {granted} bytes");
+    }
+    eprintln!("auditwatch listen: ready");
+    let started = Instant::now();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reopen = pipeline.reopen.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = hup.recv() => {
+                    reopen.store(true, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            if stopping {
+                eprintln!("auditwatch listen: second signal, exiting at once");
+                std::process::exit(130);
+            }
+            stopping = true;
+            eprintln!("auditwatch listen: stopping: draining connections and flushing the archive");
+            let _ = stop_tx.send(true);
+        }
+    });
+    let ingest = pipeline.ingest.clone();
+    let counters = pipeline.counters.clone();
+    rt.block_on(listen::serve(listeners, cfg, ingest, counters, stop_rx));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(pipeline.finish());
+    });
+    let outcome = match done_rx.recv_timeout(args.drain_timeout) {
+        Ok(r) => r.context("writing findings")?,
+        Err(_) => {
+            eprintln!(
+                "auditwatch listen: the pipeline did not drain within {:?} (a stuck findings output?); exiting",
+                args.drain_timeout
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    rt.shutdown_timeout(Duration::from_millis(100));
+    let doc = ListenStatsDoc {
+        stats: &outcome.stats,
+        listener: &outcome.counters,
+        archive: outcome.archive,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+    };
+    if let Some(p) = &args.stats_json {
+        let text = serde_json::to_string_pretty(&doc)?;
+        std::fs::write(p, text + "\n").with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    let c = &outcome.counters;
+    eprintln!(
+        "auditwatch listen: {} connections, {} entries ({:.1} MB) received, {} findings, {} fragments, {} shed before analysis, {} shed at ingest",
+        c.connections_total,
+        c.lines_received,
+        c.bytes_received as f64 / 1e6,
+        outcome.stats.findings,
+        c.fragments,
+        c.analysis_shed_lines,
+        c.ingest_shed_lines
+    );
+    if let Some(a) = &doc.archive {
+        eprintln!(
+            "auditwatch listen: archive: {} lines ({} bytes) written, {} bytes dropped, {} rotations",
+            a.lines_written, a.bytes_written, a.dropped_bytes, a.rotations
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

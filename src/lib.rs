@@ -26,14 +26,19 @@
 //! 2. [`parse`]: the borrowed entry view and raw-JSON helpers.
 //! 3. [`rules`]: the rule format, conditions, the literal prefilter.
 //! 4. [`analyze`] and [`engine`]: stateless matching, then ordered judging.
-//! 5. [`replay`]: the offline mode; [`archive`]: the fallback copy.
-//! 6. [`finding`] and [`output`]: what is reported and how it is written.
+//! 5. [`replay`]: the offline mode.
+//! 6. [`listen`] and [`pipeline`]: the live mode and its never-block
+//!    pipeline; [`archive`]: the byte-for-byte fallback copy.
+//! 7. [`finding`] and [`output`]: what is reported and how it is written.
 //!
 //! ## When a queue is full
 //! | edge | when full |
 //! |---|---|
 //! | replay reader → analysis workers | block (files wait on disk) |
 //! | analysis workers → collector | block (the collector never waits on them) |
+//! | socket connection → ingest | retry ≤ 5 ms, then shed and count; reading never stops |
+//! | archive stage → analysis | shed analysis and count it (the bytes are archived) |
+//! | analysis → judge → output | block (backs up into analysis shedding, never into Vault) |
 
 pub mod analyze;
 pub mod archive;

@@ -17,7 +17,7 @@ use auditwatch::engine::Stats;
 use auditwatch::finding::Severity;
 use auditwatch::listen::{self, ListenConfig};
 use auditwatch::output::{FindingWriter, Format};
-use auditwatch::pipeline::{CountersSnapshot, Pipeline};
+use auditwatch::pipeline::{Backpressure, CountersSnapshot, Pipeline};
 use auditwatch::replay::{self, ReplayOptions};
 use auditwatch::rules::RuleSet;
 
@@ -526,6 +526,7 @@ fn run_listen(args: ListenArgs) -> Result<ExitCode> {
         archive,
         analyzer,
         threads,
+        Backpressure::ShedAnalysis,
         Box::new(move |f| writer.write(f)),
     );
     for b in &listeners.bound {

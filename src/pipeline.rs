@@ -66,6 +66,21 @@ pub enum Ingest {
     },
     /// The source ended; forget its state.
     Closed { source: Arc<SourceInfo> },
+    /// Called once every line sent before it is durable: fsynced in the
+    /// archive, or, with no archive, judged. File checkpoints ride on it.
+    Marker(Marker),
+}
+
+/// A callback run when the lines before it are safe (see [`Ingest::Marker`]).
+pub type Marker = Box<dyn FnOnce() + Send>;
+
+/// What the archive stage does when analysis falls behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backpressure {
+    /// Live sockets: skip analysis of the block and count it (never make Vault wait).
+    ShedAnalysis,
+    /// Files: wait (the file waits on disk and its checkpoint does not move).
+    Wait,
 }
 
 /// Counters shared by every stage (atomics: sources update them from any thread).
@@ -181,9 +196,9 @@ pub async fn send_ingest(tx: &Sender<Ingest>, mut msg: Ingest, counters: &Counte
                         Ingest::Oversize { piece, done, .. } => {
                             (u64::from(*done), piece.len() as u64)
                         }
-                        Ingest::Closed { .. } => (0, 0),
+                        Ingest::Closed { .. } | Ingest::Marker(_) => (0, 0),
                     };
-                    if let Ingest::Closed { .. } = m {
+                    if let Ingest::Closed { .. } | Ingest::Marker(_) = m {
                         // Tiny and rare: wait for room rather than leak per-source state.
                         msg = m;
                         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -208,18 +223,32 @@ pub async fn send_ingest(tx: &Sender<Ingest>, mut msg: Ingest, counters: &Counte
 
 struct Job {
     seq: u64,
-    source: Arc<SourceInfo>,
-    lines_before: u64,
-    offset: u64,
-    block: Block,
+    work: Work,
+}
+
+enum Work {
+    Block {
+        source: Arc<SourceInfo>,
+        lines_before: u64,
+        offset: u64,
+        block: Block,
+    },
+    Marker(Marker),
 }
 
 struct Done {
     seq: u64,
-    source: Arc<SourceInfo>,
-    lines_before: u64,
-    offset: u64,
-    result: BlockResult,
+    work: Judged,
+}
+
+enum Judged {
+    Block {
+        source: Arc<SourceInfo>,
+        lines_before: u64,
+        offset: u64,
+        result: BlockResult,
+    },
+    Marker(Marker),
 }
 
 /// Where the judge sends each finding (stdout, a file, sinks).
@@ -249,6 +278,7 @@ impl Pipeline {
         archive: Option<Archive>,
         analyzer: Analyzer,
         threads: usize,
+        backpressure: Backpressure,
         mut emit: EmitFn,
     ) -> Pipeline {
         let counters = Arc::new(Counters::default());
@@ -262,7 +292,9 @@ impl Pipeline {
             let reopen = reopen.clone();
             std::thread::Builder::new()
                 .name("archive".into())
-                .spawn(move || archive_stage(archive, ingest_rx, job_tx, &counters, &reopen))
+                .spawn(move || {
+                    archive_stage(archive, ingest_rx, job_tx, &counters, &reopen, backpressure)
+                })
                 .expect("spawn archive thread")
         };
         let workers = (0..threads.max(1))
@@ -274,16 +306,21 @@ impl Pipeline {
                     .name(format!("analyze-{i}"))
                     .spawn(move || {
                         for job in rx {
-                            let result = analyzer.scan_block(&job.block);
-                            let done = Done {
-                                seq: job.seq,
-                                source: job.source,
-                                lines_before: job.lines_before,
-                                offset: job.offset,
-                                result,
+                            let work = match job.work {
+                                Work::Block {
+                                    source,
+                                    lines_before,
+                                    offset,
+                                    block,
+                                } => Judged::Block {
+                                    result: analyzer.scan_block(&block),
+                                    source,
+                                    lines_before,
+                                    offset,
+                                },
+                                Work::Marker(m) => Judged::Marker(m),
                             };
-                            drop(job.block);
-                            if tx.send(done).is_err() {
+                            if tx.send(Done { seq: job.seq, work }).is_err() {
                                 return;
                             }
                         }
@@ -307,12 +344,24 @@ impl Pipeline {
                         pending.insert(done.seq, done);
                         while let Some(d) = pending.remove(&next) {
                             next += 1;
-                            let mut pos = StreamPos {
-                                kind: d.source.kind,
-                                name: d.source.name.clone(),
-                                lines_before: d.lines_before,
+                            let (source, lines_before, offset, result) = match d.work {
+                                Judged::Marker(m) => {
+                                    m();
+                                    continue;
+                                }
+                                Judged::Block {
+                                    source,
+                                    lines_before,
+                                    offset,
+                                    result,
+                                } => (source, lines_before, offset, result),
                             };
-                            judge.block(&mut pos, d.offset, d.result, false, &mut |f| {
+                            let mut pos = StreamPos {
+                                kind: source.kind,
+                                name: source.name.clone(),
+                                lines_before,
+                            };
+                            judge.block(&mut pos, offset, result, false, &mut |f| {
                                 if !recent.insert(&f.id) {
                                     Counters::add(&counters.duplicates_dropped, 1);
                                     return;
@@ -383,10 +432,12 @@ fn archive_stage(
     jobs: Sender<Job>,
     counters: &Counters,
     reopen: &AtomicBool,
+    backpressure: Backpressure,
 ) -> Option<ArchiveStats> {
     let mut lines_before: HashMap<u64, u64> = HashMap::new();
     let mut spools: HashMap<u64, Spool> = HashMap::new();
     let mut seq = 0u64;
+    let mut dropped_at_last_marker = archive.as_ref().map_or(0, |a| a.stats().dropped_bytes);
     let tick = Duration::from_millis(100);
     let mut last_tick = Instant::now();
     loop {
@@ -407,25 +458,28 @@ fn archive_stage(
                 let n = memchr::memchr_iter(b'\n', &block).count() as u64;
                 Counters::add(&counters.lines_received, n);
                 let before = lines_before.entry(source.id).or_insert(0);
+                let name = source.name.clone();
+                let bytes = block.len() as u64;
                 let job = Job {
                     seq,
-                    source,
-                    lines_before: *before,
-                    offset,
-                    block,
+                    work: Work::Block {
+                        source,
+                        lines_before: *before,
+                        offset,
+                        block,
+                    },
                 };
                 *before += n;
-                match jobs.try_send(job) {
-                    Ok(()) => seq += 1,
-                    Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
-                        Counters::add(&counters.analysis_shed_lines, n);
-                        Counters::add(&counters.analysis_shed_bytes, job.block.len() as u64);
-                        tracing::warn!(
-                            source = %job.source.name,
-                            lines = n,
-                            "analysis queue full: block archived but not analysed"
-                        );
-                    }
+                let sent = match backpressure {
+                    Backpressure::Wait => jobs.send(job).is_ok(),
+                    Backpressure::ShedAnalysis => jobs.try_send(job).is_ok(),
+                };
+                if sent {
+                    seq += 1;
+                } else {
+                    Counters::add(&counters.analysis_shed_lines, n);
+                    Counters::add(&counters.analysis_shed_bytes, bytes);
+                    tracing::warn!(source = %name, lines = n, "analysis queue full: block archived but not analysed");
                 }
             }
             Some(Ingest::Oversize {
@@ -452,6 +506,31 @@ fn archive_stage(
                     });
                 }
             }
+            Some(Ingest::Marker(marker)) => match archive.as_mut() {
+                Some(a) => {
+                    if let Err(e) = a.sync() {
+                        tracing::error!("archive sync failed: {e}");
+                    }
+                    if a.stats().dropped_bytes == dropped_at_last_marker {
+                        marker();
+                    } else {
+                        // Something since the last marker did not reach the
+                        // disk: hold the checkpoint back (re-read, never loss).
+                        dropped_at_last_marker = a.stats().dropped_bytes;
+                    }
+                }
+                None => {
+                    if jobs
+                        .send(Job {
+                            seq,
+                            work: Work::Marker(marker),
+                        })
+                        .is_ok()
+                    {
+                        seq += 1;
+                    }
+                }
+            },
             Some(Ingest::Closed { source }) => {
                 lines_before.remove(&source.id);
                 if let Some(spool) = spools.remove(&source.id) {

@@ -24,6 +24,7 @@ Tools, each timed best-of-N with wall seconds and peak RSS:
   B  wc -l FILE
   C  LC_ALL=C grep -cE '"path":"sys/(generate-root|rekey|replication|audit|rotate|polic)' FILE
   D  jq -c 'select(.request.path // "" | test("^sys/(generate-root|rekey|replication|audit|rotate|polic)"))' FILE
+Environment: AUDITWATCH_BIN=path times another auditwatch build instead of target/release/auditwatch.
 Exit status: 0, or 1 if a timed tool failed (auditwatch exit 1 = findings, tolerated).
 EOF
 }
@@ -151,7 +152,7 @@ EXP_GREP=$(jget grep_pattern_lines)
 # ---------------------------------------------------------------------------
 # Tools
 # ---------------------------------------------------------------------------
-AW=target/release/auditwatch
+AW=${AUDITWATCH_BIN:-target/release/auditwatch}
 AW_ARGS=()
 if [[ -z $AW_SKIP ]]; then
     if [[ ! -x $AW ]]; then

@@ -114,7 +114,8 @@ fn rules(c: &mut Criterion) {
         b.iter(|| {
             let mut pos = 0;
             let mut n = 0usize;
-            while let Some(p) = set.next_candidate(&data, pos) {
+            let mut scanner = set.scanner(&data);
+            while let Some(p) = scanner.next(pos) {
                 n += 1;
                 pos = p + memchr::memchr(b'\n', &data[p..]).map_or(data.len() - p, |x| x + 1);
             }

@@ -150,10 +150,11 @@ impl Analyzer {
             ..Default::default()
         };
         let block_is_utf8 = simdutf8::basic::from_utf8(block).is_ok();
+        let mut scanner = self.rules.scanner(block);
         let mut next = if self.strict {
             Some(0)
         } else {
-            self.rules.next_candidate(block, 0)
+            scanner.next(0)
         };
         for (idx, (start, line)) in lines(block).enumerate() {
             let idx = idx as u64;
@@ -179,7 +180,7 @@ impl Analyzer {
                     ),
                 );
                 if next.is_some_and(|p| p < end) {
-                    next = self.rules.next_candidate(block, end);
+                    next = scanner.next(end);
                 }
                 continue;
             }
@@ -208,7 +209,7 @@ impl Analyzer {
                 next = if self.strict {
                     Some(end)
                 } else {
-                    self.rules.next_candidate(block, end)
+                    scanner.next(end)
                 };
             } else if !block_is_utf8 && simdutf8::basic::from_utf8(content).is_err() {
                 let at = simdutf8::compat::from_utf8(content)

@@ -8,6 +8,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 use super::field::Field;
+use super::prefilter::ARRAY_ELEMENT;
 use crate::parse::{array_any_str, object_get, AuditEntry, Value};
 
 /// A string or a list of strings in a rule file.
@@ -236,22 +237,15 @@ impl Cond {
     }
 }
 
-/// Bytes that may follow a string inside a JSON array.
-const ARRAY_FOLLOWERS: [&str; 6] = [",", "]", " ", "\t", "\r", "\n"];
-
 fn leaf_literals(field: &Field, test: &Test) -> Option<Vec<String>> {
     if !field.selective() {
         return None;
     }
     let quoted = |v: &str| -> Vec<String> {
         if field.is_array() {
-            // `"root"` alone matches `"namespace":{"id":"root"}` on every
-            // OpenBao line; inside an array the string is followed by one of
-            // these.
-            ARRAY_FOLLOWERS
-                .iter()
-                .map(|f| format!("\"{v}\"{f}"))
-                .collect()
+            // `"root"` alone stands in every OpenBao line
+            // (`"namespace":{"id":"root"}`): count it only inside an array.
+            vec![format!("{ARRAY_ELEMENT}\"{v}\"")]
         } else if field.is_verbatim() {
             vec![format!("\"{v}\"")]
         } else {
@@ -397,7 +391,7 @@ mod tests {
             r#"all = [{field="kind", equals="response"}, {field="response.auth.policies", contains="root"}]"#,
         );
         let lits = c.literals().unwrap();
-        assert!(lits.contains(&"\"root\"]".to_owned()));
+        assert_eq!(lits, vec!["\u{1}\"root\"".to_owned()]);
         assert!(!lits.contains(&"\"root\"".to_owned()));
         let c =
             cond(r#"any = [{field="path", prefix="sys/raw"}, {not={field="kind", equals="x"}}]"#);

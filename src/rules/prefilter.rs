@@ -1,0 +1,189 @@
+//! The literal prefilter: which lines can any rule match?
+//!
+//! Three kinds of evidence make a line a candidate:
+//! * a plain literal (`sys/`, `/login`, `permission denied`…), found with one
+//!   Aho-Corasick automaton (Teddy, SIMD, when the set is small);
+//! * an *array element* literal such as `"root"` that only counts when the
+//!   nearest non-blank byte before it is `[` or `,` (in an array, never after
+//!   the `:` of an object member like `"namespace_id":"root"`, which stands in
+//!   nearly every OpenBao line);
+//! * a `\u` or `\/` escape, the only JSON escapes that can spell a literal's
+//!   characters, found with `memchr`.
+//!
+//! It may say "maybe" too often, never too rarely. Patterns are kept at 3
+//! bytes or more so Teddy fingerprints three bytes: two-byte fingerprints such
+//! as `,"` match everywhere in JSON and made the scan several times slower.
+
+use aho_corasick::{AhoCorasick, Input, MatchKind};
+
+/// Marks a literal that only counts as an array element (see the module docs).
+pub const ARRAY_ELEMENT: char = '\u{1}';
+
+pub struct Prefilter {
+    ac: AhoCorasick,
+    array_element: Vec<bool>,
+}
+
+impl Prefilter {
+    pub fn new(literals: &[String]) -> Result<Prefilter, aho_corasick::BuildError> {
+        let mut patterns = Vec::with_capacity(literals.len());
+        let mut array_element = Vec::with_capacity(literals.len());
+        for l in literals {
+            match l.strip_prefix(ARRAY_ELEMENT) {
+                Some(rest) => {
+                    patterns.push(rest.to_owned());
+                    array_element.push(true);
+                }
+                None => {
+                    patterns.push(l.clone());
+                    array_element.push(false);
+                }
+            }
+        }
+        let ac = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(&patterns)?;
+        Ok(Prefilter { ac, array_element })
+    }
+
+    /// Start of the first verified literal at or after `from`.
+    fn next_literal(&self, hay: &[u8], mut from: usize) -> Option<usize> {
+        while from < hay.len() {
+            let m = self.ac.find(Input::new(hay).range(from..))?;
+            if !self.array_element[m.pattern().as_usize()] || in_array(hay, m.start()) {
+                return Some(m.start());
+            }
+            from = m.start() + 1;
+        }
+        None
+    }
+}
+
+/// Whether the value starting at `at` follows `[` or `,` (blanks skipped).
+fn in_array(hay: &[u8], at: usize) -> bool {
+    hay[..at]
+        .iter()
+        .rev()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        .is_some_and(|b| matches!(b, b'[' | b','))
+}
+
+/// Start of the first `\u` or `\/` at or after `from`.
+fn next_escape(hay: &[u8], from: usize) -> Option<usize> {
+    let mut pos = from;
+    while let Some(p) = memchr::memchr(b'\\', &hay[pos.min(hay.len())..]) {
+        let at = pos + p;
+        match hay.get(at + 1) {
+            Some(b'u') | Some(b'/') => return Some(at),
+            // `\\` is one escaped backslash: skip both bytes.
+            Some(_) => pos = at + 2,
+            None => return None,
+        }
+    }
+    None
+}
+
+/// Walks one buffer forward, remembering the next hit of each kind so no
+/// byte is searched twice.
+pub struct Scanner<'a> {
+    pf: Option<&'a Prefilter>,
+    hay: &'a [u8],
+    /// (searched from, next hit) for literals and escapes.
+    lit: Option<(usize, Option<usize>)>,
+    esc: Option<(usize, Option<usize>)>,
+}
+
+impl<'a> Scanner<'a> {
+    /// With no prefilter every position is a candidate.
+    pub fn new(pf: Option<&'a Prefilter>, hay: &'a [u8]) -> Self {
+        Scanner {
+            pf,
+            hay,
+            lit: None,
+            esc: None,
+        }
+    }
+
+    /// Position of the next candidate evidence at or after `from`, which
+    /// must be a line start (never inside an escape sequence).
+    pub fn next(&mut self, from: usize) -> Option<usize> {
+        if from >= self.hay.len() {
+            return None;
+        }
+        let Some(pf) = self.pf else {
+            return Some(from);
+        };
+        let hay = self.hay;
+        let lit = cached(&mut self.lit, from, |f| pf.next_literal(hay, f));
+        let esc = cached(&mut self.esc, from, |f| next_escape(hay, f));
+        match (lit, esc) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// A cached "next hit" stays valid while it lies at or after `from`: nothing
+/// was found between where the search began and the hit.
+fn cached(
+    slot: &mut Option<(usize, Option<usize>)>,
+    from: usize,
+    search: impl FnOnce(usize) -> Option<usize>,
+) -> Option<usize> {
+    match *slot {
+        Some((start, hit)) if start <= from && hit.map_or(true, |h| h >= from) => hit,
+        _ => {
+            let hit = search(from);
+            *slot = Some((from, hit));
+            hit
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pf(lits: &[&str]) -> Prefilter {
+        Prefilter::new(&lits.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn array_elements_need_an_array() {
+        let p = pf(&["\u{1}\"root\""]);
+        let hit = |s: &str| Scanner::new(Some(&p), s.as_bytes()).next(0).is_some();
+        assert!(hit(r#"{"policies":["root"]}"#));
+        assert!(hit(r#"{"policies":["default","root"]}"#));
+        assert!(hit(r#"{"policies": [ "default" , "root" ]}"#));
+        assert!(!hit(
+            r#"{"namespace":{"id":"root"},"namespace_id":"root","x":1}"#
+        ));
+        // The first occurrence fails the check, a later one passes.
+        assert!(hit(r#"{"namespace_id":"root","policies":["root"]}"#));
+    }
+
+    #[test]
+    fn escapes_are_candidates_but_escaped_backslashes_are_not() {
+        let p = pf(&["sys/"]);
+        let hit = |s: &str| Scanner::new(Some(&p), s.as_bytes()).next(0);
+        assert_eq!(hit(r#"{"p":"\u0073ys"}"#), Some(6));
+        assert_eq!(hit(r#"{"p":"a\/b"}"#), Some(7));
+        assert_eq!(hit(r#"{"p":"a\\ub"}"#), None);
+        assert_eq!(hit(r#"{"p":"a\\\u0062"}"#), Some(9));
+        assert_eq!(hit(r#"{"p":"a\n"}"#), None);
+    }
+
+    #[test]
+    fn scanner_finds_every_hit_in_order() {
+        let p = pf(&["abc", "\u{1}\"x\""]);
+        let hay = br#"abc..\u..["x"]..abc..{"k":"x"}..\/"#;
+        let mut s = Scanner::new(Some(&p), hay);
+        let mut hits = Vec::new();
+        let mut from = 0;
+        while let Some(h) = s.next(from) {
+            hits.push(h);
+            from = h + 1;
+        }
+        assert_eq!(hits, vec![0, 5, 10, 16, 32]);
+    }
+}

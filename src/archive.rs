@@ -1357,6 +1357,10 @@ pub struct Archive {
     tx: Option<mpsc::Sender<Job>>,
     worker: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
+    /// Interval fsyncs run here, off the writer thread: an `fdatasync` can
+    /// take a second on a busy disk, and the writer must keep draining the
+    /// socket queue meanwhile. Holds a dup of the live file's descriptor.
+    syncer: Option<mpsc::SyncSender<File>>,
 }
 
 impl fmt::Debug for Archive {
@@ -1423,8 +1427,26 @@ impl Archive {
             })
             .map_err(io_err("start the finisher thread for", &cfg.dir))?;
 
+        let syncer = match cfg.fsync {
+            FsyncPolicy::Interval(_) => {
+                let (tx, rx) = mpsc::sync_channel::<File>(1);
+                std::thread::Builder::new()
+                    .name("archive-fsync".into())
+                    .spawn(move || {
+                        for f in rx {
+                            if let Err(e) = f.sync_data() {
+                                tracing::error!("archive: background fdatasync failed: {e}");
+                            }
+                        }
+                    })
+                    .map_err(io_err("start the fsync thread for", &cfg.dir))?;
+                Some(tx)
+            }
+            _ => None,
+        };
         let now = Instant::now();
         let mut archive = Archive {
+            syncer,
             names,
             live_path,
             dir,
@@ -1604,7 +1626,7 @@ impl Archive {
         }
         if let FsyncPolicy::Interval(every) = self.cfg.fsync {
             if self.dirty && now.saturating_duration_since(self.last_sync) >= every {
-                self.sync_data(now);
+                self.sync_data_in_background(now);
             }
         }
     }
@@ -1973,9 +1995,28 @@ impl Archive {
             FsyncPolicy::Always => self.sync_data(now),
             FsyncPolicy::Interval(every) => {
                 if now.saturating_duration_since(self.last_sync) >= every {
-                    self.sync_data(now);
+                    self.sync_data_in_background(now);
                 }
             }
+        }
+    }
+
+    /// Hands a dup of the live file to the fsync thread; when a sync is
+    /// still running the request is merged into it (skipped), and when the
+    /// thread is gone the sync runs here.
+    fn sync_data_in_background(&mut self, now: Instant) {
+        let dup = self.file.as_ref().and_then(|f| f.try_clone().ok());
+        match (dup, &self.syncer) {
+            (Some(f), Some(tx)) => match tx.try_send(f) {
+                Ok(()) => {
+                    self.dirty = false;
+                    self.last_sync = now;
+                }
+                // A sync is still running: try again one interval later.
+                Err(mpsc::TrySendError::Full(_)) => self.last_sync = now,
+                Err(mpsc::TrySendError::Disconnected(_)) => self.sync_data(now),
+            },
+            _ => self.sync_data(now),
         }
     }
 

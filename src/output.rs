@@ -53,6 +53,88 @@ impl FindingWriter {
     }
 }
 
+/// Findings waiting for a slow output at most (then the judge waits).
+pub const OUTPUT_QUEUE: usize = 65_536;
+
+/// A writer on its own thread behind a bounded queue: a stalled stdout (a
+/// reader that stopped reading) holds back up to [`OUTPUT_QUEUE`] findings
+/// before it backs up into analysis, and never into the sources.
+pub struct OutputThread {
+    handle: std::thread::JoinHandle<io::Result<u64>>,
+    queued: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What became of the findings at shutdown.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct OutputReport {
+    pub written: u64,
+    /// Findings still queued when the deadline passed (the output was blocked).
+    pub undelivered: u64,
+    pub error: Option<String>,
+}
+
+impl OutputThread {
+    /// Starts the thread; the returned function queues one finding.
+    pub fn spawn(mut writer: FindingWriter) -> (crate::pipeline::EmitFn, OutputThread) {
+        use std::sync::atomic::Ordering;
+        let (tx, rx) = crossbeam_channel::bounded::<Finding>(OUTPUT_QUEUE);
+        let queued = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let q = queued.clone();
+        let handle = std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || {
+                let mut written = 0u64;
+                for f in rx {
+                    q.fetch_sub(1, Ordering::Relaxed);
+                    writer.write(&f)?;
+                    written += 1;
+                }
+                writer.flush()?;
+                Ok(written)
+            })
+            .expect("spawn output thread");
+        let q = queued.clone();
+        let emit = Box::new(move |f: &Finding| {
+            q.fetch_add(1, Ordering::Relaxed);
+            tx.send(f.clone())
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "findings output closed"))
+        });
+        (emit, OutputThread { handle, queued })
+    }
+
+    /// Waits until everything queued is written, at most until `deadline`.
+    /// The queue's sender must be dropped first (the pipeline finished).
+    pub fn finish(self, deadline: std::time::Instant) -> OutputReport {
+        use std::sync::atomic::Ordering;
+        while !self.handle.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if !self.handle.is_finished() {
+            return OutputReport {
+                written: 0,
+                undelivered: self.queued.load(Ordering::Relaxed),
+                error: Some("findings output blocked at shutdown".into()),
+            };
+        }
+        match self.handle.join() {
+            Ok(Ok(written)) => OutputReport {
+                written,
+                undelivered: 0,
+                error: None,
+            },
+            Ok(Err(e)) => OutputReport {
+                written: 0,
+                undelivered: self.queued.load(Ordering::Relaxed),
+                error: Some(e.to_string()),
+            },
+            Err(_) => OutputReport {
+                error: Some("output thread panicked".into()),
+                ..Default::default()
+            },
+        }
+    }
+}
+
 /// Escapes control characters so hostile entry text cannot drive a terminal.
 pub fn sanitize(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -35,7 +35,7 @@ use crate::framing::Block;
 /// How long a source may wait for room in the ingest queue before it sheds.
 pub const INGEST_WAIT: Duration = Duration::from_millis(5);
 /// Ingest queue length in frames (each at most one read buffer or one line).
-pub const INGEST_QUEUE: usize = 1024;
+pub const INGEST_QUEUE: usize = 4096;
 /// Analysis queue length in blocks.
 pub const ANALYSIS_QUEUE: usize = 256;
 /// Finding ids remembered to drop byte-identical re-sends.
@@ -66,6 +66,12 @@ pub enum Ingest {
     },
     /// The source ended; forget its state.
     Closed { source: Arc<SourceInfo> },
+    /// The source resumes mid-way (a file tailed from a checkpoint): its
+    /// next line is line `lines_before + 1`. Send before its first lines.
+    Start {
+        source: Arc<SourceInfo>,
+        lines_before: u64,
+    },
     /// Called once every line sent before it is durable: fsynced in the
     /// archive, or, with no archive, judged. File checkpoints ride on it.
     Marker(Marker),
@@ -107,6 +113,8 @@ pub struct Counters {
     pub duplicates_dropped: AtomicU64,
     /// Bytes of oversize lines that could not be spooled for the archive.
     pub archive_spool_dropped_bytes: AtomicU64,
+    /// At most one shedding warning every 10 s (the counters have the totals).
+    pub shed_warning: Throttle,
     errors: Mutex<Vec<LocatedError>>,
 }
 
@@ -156,6 +164,28 @@ impl Counters {
     }
 }
 
+/// Lets an event through at most once per period (log rate limiting).
+#[derive(Debug, Default)]
+pub struct Throttle {
+    last_ms: AtomicU64,
+}
+
+impl Throttle {
+    const PERIOD_MS: u64 = 10_000;
+
+    /// True at most once per period.
+    pub fn due(&self) -> bool {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let now = START.get_or_init(Instant::now).elapsed().as_millis() as u64 + Self::PERIOD_MS;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        now >= last + Self::PERIOD_MS
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 /// The counters as plain numbers (for `--stats-json` and the summary).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CountersSnapshot {
@@ -196,9 +226,9 @@ pub async fn send_ingest(tx: &Sender<Ingest>, mut msg: Ingest, counters: &Counte
                         Ingest::Oversize { piece, done, .. } => {
                             (u64::from(*done), piece.len() as u64)
                         }
-                        Ingest::Closed { .. } | Ingest::Marker(_) => (0, 0),
+                        Ingest::Closed { .. } | Ingest::Start { .. } | Ingest::Marker(_) => (0, 0),
                     };
-                    if let Ingest::Closed { .. } | Ingest::Marker(_) = m {
+                    if let Ingest::Closed { .. } | Ingest::Start { .. } | Ingest::Marker(_) = m {
                         // Tiny and rare: wait for room rather than leak per-source state.
                         msg = m;
                         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -479,7 +509,13 @@ fn archive_stage(
                 } else {
                     Counters::add(&counters.analysis_shed_lines, n);
                     Counters::add(&counters.analysis_shed_bytes, bytes);
-                    tracing::warn!(source = %name, lines = n, "analysis queue full: block archived but not analysed");
+                    if counters.shed_warning.due() {
+                        tracing::warn!(
+                            source = %name,
+                            total_lines = counters.analysis_shed_lines.load(Ordering::Relaxed),
+                            "analysis queue full: lines not analysed (replay them from the archive, if one is kept); see analysis_shed_* counters"
+                        );
+                    }
                 }
             }
             Some(Ingest::Oversize {
@@ -531,6 +567,12 @@ fn archive_stage(
                     }
                 }
             },
+            Some(Ingest::Start {
+                source,
+                lines_before: first,
+            }) => {
+                lines_before.insert(source.id, first);
+            }
             Some(Ingest::Closed { source }) => {
                 lines_before.remove(&source.id);
                 if let Some(spool) = spools.remove(&source.id) {

@@ -668,6 +668,39 @@ when = { field = "path", glob = ["sys/raw", "sys/raw/**"] }
         assert!(!set.is_candidate(br#"{"request":{"path":"secret/data/x"}}"#));
     }
 
+    /// JSON allows `\/` for `/` and `\uXXXX` for any character: every
+    /// fixture that fires must still pass the prefilter when escaped so.
+    #[test]
+    fn escaped_fixtures_still_pass_the_prefilter() {
+        let set = RuleSet::builtin().unwrap();
+        let mut checked = 0;
+        for rule in set.rules() {
+            for fx in rule.fixtures.iter().filter(|f| f.expect == Expect::Fire) {
+                let slashes = fx.line.replace('/', "\\/");
+                // Escape every `s` and `r` inside string values as \u0073 / \u0072.
+                let unicode = fx
+                    .line
+                    .replace("sys", "\\u0073ys")
+                    .replace("root", "\\u0072oot");
+                for variant in [slashes, unicode] {
+                    let e = parse::parse_str(&variant).expect("escaped fixture parses");
+                    assert!(
+                        rule.when.eval(&e),
+                        "{}: escaped fixture no longer fires",
+                        rule.id
+                    );
+                    assert!(
+                        set.is_candidate(variant.as_bytes()),
+                        "{}: prefilter skips {variant}",
+                        rule.id
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 60);
+    }
+
     #[test]
     fn literal_minimization_only_widens() {
         let lits = vec![

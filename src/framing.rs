@@ -204,6 +204,12 @@ impl Framer {
         self.filled
     }
 
+    /// Whether the stream is inside a line: bytes pending, or an oversize
+    /// line whose pieces were handed out but whose newline has not come.
+    pub fn mid_line(&self) -> bool {
+        self.filled > 0 || self.oversize.is_some()
+    }
+
     /// Room to read into. Never empty: call [`Framer::next_frame`] until it
     /// returns `None` before reading again.
     pub fn spare(&mut self) -> &mut [u8] {

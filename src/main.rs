@@ -16,7 +16,7 @@ use auditwatch::archive::{self, Archive, ArchiveConfig, Compression, FsyncPolicy
 use auditwatch::engine::Stats;
 use auditwatch::finding::Severity;
 use auditwatch::listen::{self, ListenConfig};
-use auditwatch::output::{FindingWriter, Format};
+use auditwatch::output::{FindingWriter, Format, OutputReport, OutputThread};
 use auditwatch::pipeline::{Backpressure, CountersSnapshot, Pipeline};
 use auditwatch::replay::{self, ReplayOptions};
 use auditwatch::rules::RuleSet;
@@ -104,6 +104,14 @@ struct ReplayArgs {
     /// Never show the progress line.
     #[arg(long)]
     no_progress: bool,
+    /// Read files instead of mapping them. By default plain files unchanged
+    /// for 10 s (archives) are memory-mapped, which is faster but assumes no
+    /// one truncates them during the replay.
+    #[arg(long)]
+    no_mmap: bool,
+    /// Read buffer size (tuning; 1MiB measured best here).
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size, hide = true)]
+    read_size: usize,
     /// Do not print the summary on stderr.
     #[arg(long, short)]
     quiet: bool,
@@ -244,6 +252,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AUDITWATCH_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -355,8 +364,9 @@ fn run_replay(args: ReplayArgs) -> Result<ExitCode> {
             .unwrap_or_else(|| ReplayOptions::default().threads)
             .max(1),
         strict: args.strict,
+        read_size: args.read_size,
+        mmap: !args.no_mmap,
         progress: !args.no_progress && !args.quiet && replay::stderr_is_terminal(),
-        ..ReplayOptions::default()
     };
     let mut worst: Option<Severity> = None;
     let outcome = replay::replay(&inputs, rules.clone(), &opts, &mut |f| {
@@ -473,6 +483,8 @@ struct ListenStatsDoc<'a> {
     stats: &'a Stats,
     listener: &'a CountersSnapshot,
     archive: Option<archive::ArchiveStats>,
+    /// Findings written, and those an output blocked at shutdown kept back.
+    output: &'a OutputReport,
     elapsed_seconds: f64,
 }
 
@@ -513,7 +525,7 @@ fn run_listen(args: ListenArgs) -> Result<ExitCode> {
         )),
         None => Box::new(io::BufWriter::new(io::stdout())),
     };
-    let mut writer = FindingWriter::new(out, args.format, to_terminal, true);
+    let writer = FindingWriter::new(out, args.format, to_terminal, true);
     let mut analyzer = Analyzer::new(rules, false, args.max_line_bytes);
     if let Some(p) = &args.strip_prefix {
         analyzer = analyzer.with_prefix(p.as_bytes());
@@ -522,13 +534,8 @@ fn run_listen(args: ListenArgs) -> Result<ExitCode> {
         .threads
         .unwrap_or_else(|| ReplayOptions::default().threads)
         .max(1);
-    let pipeline = Pipeline::start(
-        archive,
-        analyzer,
-        threads,
-        Backpressure::ShedAnalysis,
-        Box::new(move |f| writer.write(f)),
-    );
+    let (emit, output) = OutputThread::spawn(writer);
+    let pipeline = Pipeline::start(archive, analyzer, threads, Backpressure::ShedAnalysis, emit);
     for b in &listeners.bound {
         eprintln!("auditwatch listen: listening on {b}");
     }
@@ -575,21 +582,25 @@ fn run_listen(args: ListenArgs) -> Result<ExitCode> {
     std::thread::spawn(move || {
         let _ = done_tx.send(pipeline.finish());
     });
+    let deadline = Instant::now() + args.drain_timeout;
     let outcome = match done_rx.recv_timeout(args.drain_timeout) {
-        Ok(r) => r.context("writing findings")?,
+        Ok(r) => r,
         Err(_) => {
             eprintln!(
-                "auditwatch listen: the pipeline did not drain within {:?} (a stuck findings output?); exiting",
+                "auditwatch listen: the pipeline did not drain within {:?}; exiting",
                 args.drain_timeout
             );
             return Ok(ExitCode::from(1));
         }
     };
+    let delivery = output.finish(deadline);
+    let outcome = outcome.context("writing findings")?;
     rt.shutdown_timeout(Duration::from_millis(100));
     let doc = ListenStatsDoc {
         stats: &outcome.stats,
         listener: &outcome.counters,
         archive: outcome.archive,
+        output: &delivery,
         elapsed_seconds: started.elapsed().as_secs_f64(),
     };
     if let Some(p) = &args.stats_json {
@@ -612,6 +623,13 @@ fn run_listen(args: ListenArgs) -> Result<ExitCode> {
             "auditwatch listen: archive: {} lines ({} bytes) written, {} bytes dropped, {} rotations",
             a.lines_written, a.bytes_written, a.dropped_bytes, a.rotations
         );
+    }
+    if let Some(e) = &delivery.error {
+        eprintln!(
+            "auditwatch listen: {e}: {} findings were not written (they are in the stats counts)",
+            delivery.undelivered
+        );
+        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }

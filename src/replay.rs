@@ -22,12 +22,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver};
 
 use crate::analyze::{Analyzer, BlockResult};
 use crate::engine::{Judge, StreamPos};
 use crate::finding::{Finding, SourceKind};
-use crate::framing::{Block, BufPool, FrameKind, Framer, Tail, DEFAULT_READ_SIZE};
+use crate::framing::{BufPool, FrameKind, Framer, Tail, DEFAULT_READ_SIZE};
 use crate::rules::RuleSet;
 
 /// One thing to read.
@@ -56,6 +56,8 @@ pub struct ReplayOptions {
     pub strict: bool,
     /// Show a progress line on stderr.
     pub progress: bool,
+    /// Map settled plain files into memory instead of reading them.
+    pub mmap: bool,
 }
 
 impl Default for ReplayOptions {
@@ -68,6 +70,7 @@ impl Default for ReplayOptions {
                 .unwrap_or(1),
             strict: false,
             progress: false,
+            mmap: true,
         }
     }
 }
@@ -151,14 +154,59 @@ pub fn open_decoded(mut raw: Box<dyn Read + Send>) -> io::Result<Box<dyn Read + 
     })
 }
 
-enum Job {
-    Block {
-        input: usize,
-        seq: u64,
-        offset: u64,
-        block: Block,
-        tail: bool,
-    },
+/// A piece of work for one thread: a whole input, or a byte range of a
+/// large plain file (it owns the lines that *start* inside the range).
+#[derive(Debug, Clone)]
+struct Unit {
+    input: usize,
+    range: Option<(u64, u64)>,
+    /// The last unit of its input (reports the unterminated tail).
+    last: bool,
+}
+
+/// Plain files at least this large are split across threads.
+pub const SPLIT_MIN: u64 = 32 << 20;
+
+fn plan_units(inputs: &[Input], threads: usize) -> Vec<Unit> {
+    let mut units = Vec::new();
+    for (i, input) in inputs.iter().enumerate() {
+        let size = match input {
+            Input::File(p) if threads > 1 => plain_file_size(p),
+            _ => None,
+        };
+        match size {
+            Some(size) if size >= SPLIT_MIN => {
+                let parts = (threads as u64).min(size / (SPLIT_MIN / 2)).max(1);
+                let step = size.div_ceil(parts);
+                for k in 0..parts {
+                    let from = k * step;
+                    let to = ((k + 1) * step).min(size);
+                    units.push(Unit {
+                        input: i,
+                        range: Some((from, if k + 1 == parts { u64::MAX } else { to })),
+                        last: k + 1 == parts,
+                    });
+                }
+            }
+            _ => units.push(Unit {
+                input: i,
+                range: None,
+                last: true,
+            }),
+        }
+    }
+    units
+}
+
+/// The size of a regular, uncompressed file (only those can be split).
+fn plain_file_size(p: &Path) -> Option<u64> {
+    let meta = std::fs::metadata(p).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let mut magic = [0u8; 4];
+    let n = File::open(p).ok()?.read(&mut magic).ok()?;
+    (detect(&magic[..n]) == Compression::None).then_some(meta.len())
 }
 
 enum Msg {
@@ -175,12 +223,12 @@ enum Msg {
         offset: u64,
         message: String,
     },
-    /// The input is done; nothing with a higher seq follows.
+    /// The unit is done; nothing with a higher seq follows.
     End,
 }
 
 struct Envelope {
-    input: usize,
+    unit: usize,
     seq: u64,
     msg: Msg,
 }
@@ -201,42 +249,46 @@ pub fn replay(
     emit: &mut dyn FnMut(&Finding) -> io::Result<()>,
 ) -> io::Result<ReplayOutcome> {
     let start = Instant::now();
-    let workers = opts.threads.max(1);
-    let readers = inputs.len().clamp(1, workers);
-    let pool = BufPool::new(opts.read_size, workers * 4 + readers * 2);
-    let (job_tx, job_rx) = bounded::<Job>(workers * 2);
+    let threads = opts.threads.max(1);
+    let units = Arc::new(plan_units(inputs, threads));
+    let pool = BufPool::new(opts.read_size, threads * 4);
     let (msg_tx, msg_rx) = bounded::<Envelope>(1024);
     let analyzer = Analyzer::new(rules.clone(), opts.strict, opts.max_line);
-    let next_input = Arc::new(AtomicUsize::new(0));
+    let next_unit = Arc::new(AtomicUsize::new(0));
     let inputs_arc: Arc<Vec<Input>> = Arc::new(inputs.to_vec());
 
+    // Each thread reads and analyses its unit inline: no hand-off, and the
+    // kernel's copy into our buffers is spread over every core too.
     let mut handles = Vec::new();
-    for _ in 0..workers {
-        let rx = job_rx.clone();
-        let tx = msg_tx.clone();
-        let analyzer = analyzer.clone();
-        handles.push(std::thread::spawn(move || worker(rx, tx, analyzer)));
-    }
-    drop(job_rx);
-    for _ in 0..readers {
-        let job_tx = job_tx.clone();
+    for _ in 0..threads.min(units.len().max(1)) {
         let msg_tx = msg_tx.clone();
         let pool = pool.clone();
-        let next_input = next_input.clone();
+        let next_unit = next_unit.clone();
         let inputs = inputs_arc.clone();
+        let units = units.clone();
+        let analyzer = analyzer.clone();
         let max_line = opts.max_line;
+        let (mmap, chunk) = (opts.mmap, opts.read_size);
         handles.push(std::thread::spawn(move || loop {
-            let i = next_input.fetch_add(1, Ordering::Relaxed);
-            let Some(input) = inputs.get(i) else { break };
-            read_input(i, input, &pool, max_line, &job_tx, &msg_tx);
+            let u = next_unit.fetch_add(1, Ordering::Relaxed);
+            let Some(unit) = units.get(u) else { break };
+            let mut send = |seq: u64, msg: Msg| msg_tx.send(Envelope { unit: u, seq, msg }).is_ok();
+            let input = &inputs[unit.input];
+            if mmap {
+                if let Some(map) = settled_map(input) {
+                    scan_mapped(unit, &map, chunk, &analyzer, &mut send);
+                    continue;
+                }
+            }
+            read_unit(unit, input, &pool, max_line, &analyzer, &mut send);
         }));
     }
-    drop(job_tx);
     drop(msg_tx);
 
     let mut judge = Judge::new(rules);
     let outcome = collect(
         inputs,
+        &units,
         msg_rx,
         &mut judge,
         opts.progress,
@@ -255,134 +307,293 @@ pub fn replay(
     })
 }
 
-fn worker(rx: Receiver<Job>, tx: Sender<Envelope>, analyzer: Analyzer) {
-    for job in rx {
-        let Job::Block {
-            input,
-            seq,
-            offset,
-            block,
-            tail,
-        } = job;
-        let result = analyzer.scan_block(&block);
-        drop(block);
-        if tx
-            .send(Envelope {
-                input,
-                seq,
-                msg: Msg::Analysed {
-                    offset,
-                    result,
-                    tail,
-                },
-            })
-            .is_err()
-        {
-            return;
+/// Files modified this recently may still be written (a live audit.log):
+/// they are read, never mapped.
+pub const SETTLED: Duration = Duration::from_secs(10);
+
+/// Maps a plain, regular file that has not changed for [`SETTLED`].
+/// Mapping skips the kernel's copy into our buffers (40% of the CPU time of
+/// a replay); like ripgrep's, it assumes the file is not truncated while
+/// mapped, hence only settled archives, and `--no-mmap` turns it off.
+fn settled_map(input: &Input) -> Option<memmap2::Mmap> {
+    let Input::File(p) = input else { return None };
+    let file = File::open(p).ok()?;
+    let meta = file.metadata().ok()?;
+    let age = meta.modified().ok()?.elapsed().unwrap_or_default();
+    if !meta.is_file() || meta.len() == 0 || age < SETTLED {
+        return None;
+    }
+    // SAFETY: the map is read-only and private to this process. The one
+    // hazard is another process truncating or rewriting the file while it is
+    // mapped (SIGBUS, or bytes changing under a shared slice); only files
+    // unmodified for `SETTLED` (archives, rotated logs) are mapped, and the
+    // hazard is documented with the `--no-mmap` switch. Exercised by every
+    // replay test on the capture files.
+    let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    if detect(&map[..map.len().min(4)]) != Compression::None {
+        return None;
+    }
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Some(map)
+}
+
+/// Analyses a mapped unit in chunks of about `chunk` bytes, each ending at a
+/// line end; the unit owns the lines that start inside its range.
+fn scan_mapped(
+    unit: &Unit,
+    data: &[u8],
+    chunk: usize,
+    analyzer: &Analyzer,
+    send: &mut dyn FnMut(u64, Msg) -> bool,
+) {
+    let len = data.len();
+    let (from, to) = unit.range.unwrap_or((0, u64::MAX));
+    let from = (from as usize).min(len);
+    let to = usize::try_from(to).unwrap_or(usize::MAX).min(len);
+    let begin = if from == 0 || data[from - 1] == b'\n' {
+        from
+    } else {
+        memchr::memchr(b'\n', &data[from..]).map_or(len, |i| from + i + 1)
+    };
+    // Up to the end of the line that holds the range's last byte.
+    let region_end = if to >= len || to == 0 {
+        len
+    } else {
+        memchr::memchr(b'\n', &data[to - 1..]).map_or(len, |i| to + i)
+    };
+    let mut seq = 0u64;
+    let mut pos = begin;
+    while pos < region_end {
+        let target = (pos + chunk.max(1)).min(region_end);
+        let cut = if target >= region_end {
+            region_end
+        } else {
+            memchr::memchr(b'\n', &data[target..region_end]).map_or(region_end, |i| target + i + 1)
+        };
+        let block = &data[pos..cut];
+        // Only the file's very end can lack its newline.
+        let (whole, tail) = match block.last() {
+            Some(b'\n') => (block, None),
+            _ => {
+                let split = memchr::memrchr(b'\n', block).map_or(0, |i| i + 1);
+                (&block[..split], Some((pos + split, &block[split..])))
+            }
+        };
+        if !whole.is_empty() {
+            let msg = Msg::Analysed {
+                offset: pos as u64,
+                result: analyzer.scan_block(whole),
+                tail: false,
+            };
+            if !send(seq, msg) {
+                return;
+            }
+            seq += 1;
         }
+        if let Some((at, rest)) = tail {
+            if unit.last {
+                let msg = Msg::Analysed {
+                    offset: at as u64,
+                    result: analyzer.scan_block(rest),
+                    tail: true,
+                };
+                if !send(seq, msg) {
+                    return;
+                }
+                seq += 1;
+            }
+        }
+        pos = cut;
+    }
+    send(seq, Msg::End);
+}
+
+/// Where a byte range's first line starts: `from` itself when the byte
+/// before it is a newline, else just after the next newline.
+fn first_line_start(f: &mut File, from: u64) -> io::Result<Option<u64>> {
+    use std::io::{Seek, SeekFrom};
+    if from == 0 {
+        return Ok(Some(0));
+    }
+    f.seek(SeekFrom::Start(from - 1))?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pos = from - 1;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if let Some(i) = memchr::memchr(b'\n', &buf[..n]) {
+            return Ok(Some(pos + i as u64 + 1));
+        }
+        pos += n as u64;
     }
 }
 
-fn read_input(
-    idx: usize,
+fn read_unit(
+    unit: &Unit,
     input: &Input,
     pool: &BufPool,
     max_line: usize,
-    jobs: &Sender<Job>,
-    msgs: &Sender<Envelope>,
+    analyzer: &Analyzer,
+    send: &mut dyn FnMut(u64, Msg) -> bool,
 ) {
     let mut seq = 0u64;
-    let send_msg = |seq: &mut u64, msg: Msg| {
-        let _ = msgs.send(Envelope {
-            input: idx,
-            seq: *seq,
-            msg,
-        });
+    let mut put = |seq: &mut u64, msg: Msg| {
+        let ok = send(*seq, msg);
         *seq += 1;
+        ok
     };
-    let raw: io::Result<Box<dyn Read + Send>> = match input {
-        Input::Stdin => Ok(Box::new(io::stdin())),
-        Input::File(p) => File::open(p).map(|f| Box::new(f) as Box<dyn Read + Send>),
-    };
-    let mut reader = match raw.and_then(open_decoded) {
-        Ok(r) => r,
-        Err(e) => {
-            send_msg(
-                &mut seq,
-                Msg::ReadError {
-                    offset: 0,
-                    message: format!("cannot open: {e}"),
-                },
-            );
-            send_msg(&mut seq, Msg::End);
-            return;
+    let (mut reader, begin, end): (Box<dyn Read + Send>, u64, u64) = match (input, unit.range) {
+        (Input::File(p), Some((from, to))) => {
+            let opened = File::open(p).and_then(|mut f| {
+                let begin = first_line_start(&mut f, from)?;
+                if let Some(b) = begin {
+                    use std::io::{Seek, SeekFrom};
+                    f.seek(SeekFrom::Start(b))?;
+                }
+                Ok((f, begin))
+            });
+            match opened {
+                Ok((f, Some(b))) if b < to => (Box::new(f), b, to),
+                // No line starts inside this range.
+                Ok(_) => {
+                    put(&mut seq, Msg::End);
+                    return;
+                }
+                Err(e) => {
+                    put(
+                        &mut seq,
+                        Msg::ReadError {
+                            offset: from,
+                            message: format!("cannot read: {e}"),
+                        },
+                    );
+                    put(&mut seq, Msg::End);
+                    return;
+                }
+            }
+        }
+        _ => {
+            let raw: io::Result<Box<dyn Read + Send>> = match input {
+                Input::Stdin => Ok(Box::new(io::stdin())),
+                Input::File(p) => File::open(p).map(|f| Box::new(f) as Box<dyn Read + Send>),
+            };
+            match raw.and_then(open_decoded) {
+                Ok(r) => (r, 0, u64::MAX),
+                Err(e) => {
+                    put(
+                        &mut seq,
+                        Msg::ReadError {
+                            offset: 0,
+                            message: format!("cannot open: {e}"),
+                        },
+                    );
+                    put(&mut seq, Msg::End);
+                    return;
+                }
+            }
         }
     };
     let mut framer = Framer::new(pool.clone(), max_line);
+    framer.set_start_offset(begin);
+    // Past `end` only the line already begun is ours: read up to its newline.
+    let mut finishing = false;
     loop {
-        let n = match reader.read(framer.spare()) {
+        let pos = framer.stream_position();
+        if pos >= end && !framer.mid_line() {
+            break;
+        }
+        let spare = framer.spare();
+        let room = if pos < end {
+            spare
+                .len()
+                .min(usize::try_from(end - pos).unwrap_or(usize::MAX))
+        } else {
+            finishing = true;
+            spare.len().min(64 << 10)
+        };
+        let n = match reader.read(&mut spare[..room]) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                let offset = framer.stream_position();
-                send_msg(
+                put(
                     &mut seq,
                     Msg::ReadError {
-                        offset,
-                        message: format!("read failed after {offset} bytes (decompressed): {e}"),
+                        offset: pos,
+                        message: format!("read failed after {pos} bytes (decompressed): {e}"),
                     },
                 );
                 break;
             }
         };
+        let n = if finishing {
+            match memchr::memchr(b'\n', &spare[..n]) {
+                Some(i) => i + 1,
+                None => n,
+            }
+        } else {
+            n
+        };
         framer.commit(n);
         while let Some(frame) = framer.next_frame() {
-            match frame.kind {
+            let msg = match frame.kind {
                 FrameKind::Lines => {
-                    let job = Job::Block {
-                        input: idx,
-                        seq,
+                    let result = analyzer.scan_block(&frame.data);
+                    Msg::Analysed {
                         offset: frame.offset,
-                        block: frame.data,
+                        result,
                         tail: false,
-                    };
-                    seq += 1;
-                    if jobs.send(job).is_err() {
-                        return;
                     }
                 }
                 FrameKind::Oversize {
                     line_offset,
                     done: true,
                     total,
-                } => send_msg(&mut seq, Msg::Oversize { line_offset, total }),
-                FrameKind::Oversize { .. } => {}
+                } => Msg::Oversize { line_offset, total },
+                FrameKind::Oversize { .. } => continue,
+            };
+            if !put(&mut seq, msg) {
+                return;
             }
         }
     }
-    match framer.finish() {
-        Some(Tail::Fragment { offset, data }) => {
-            let job = Job::Block {
-                input: idx,
-                seq,
-                offset,
-                block: data,
-                tail: true,
-            };
-            seq += 1;
-            let _ = jobs.send(job);
-        }
-        Some(Tail::Oversize { line_offset, total }) => {
-            send_msg(&mut seq, Msg::Oversize { line_offset, total })
-        }
-        None => {}
+    if !unit.last && framer.mid_line() {
+        put(
+            &mut seq,
+            Msg::ReadError {
+                offset: framer.stream_position(),
+                message: "the file shrank while it was being read".into(),
+            },
+        );
     }
-    send_msg(&mut seq, Msg::End);
+    if unit.last {
+        match framer.finish() {
+            Some(Tail::Fragment { offset, data }) => {
+                let result = analyzer.scan_block(&data);
+                put(
+                    &mut seq,
+                    Msg::Analysed {
+                        offset,
+                        result,
+                        tail: true,
+                    },
+                );
+            }
+            Some(Tail::Oversize { line_offset, total }) => {
+                put(&mut seq, Msg::Oversize { line_offset, total });
+            }
+            None => {}
+        }
+    }
+    put(&mut seq, Msg::End);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn collect(
     inputs: &[Input],
+    units: &[Unit],
     rx: Receiver<Envelope>,
     judge: &mut Judge,
     progress: bool,
@@ -390,18 +601,18 @@ fn collect(
     start: Instant,
     emit: &mut dyn FnMut(&Finding) -> io::Result<()>,
 ) -> io::Result<Vec<String>> {
-    let mut pending: Vec<BTreeMap<u64, Msg>> = (0..inputs.len()).map(|_| BTreeMap::new()).collect();
-    let mut next_seq = vec![0u64; inputs.len()];
+    let mut pending: Vec<BTreeMap<u64, Msg>> = (0..units.len()).map(|_| BTreeMap::new()).collect();
+    let mut next_seq = vec![0u64; units.len()];
     let mut current = 0usize;
-    let mut failed = Vec::new();
-    let mut pos = inputs.first().map(stream_pos);
+    let mut failed: Vec<String> = Vec::new();
+    let mut pos = units.first().map(|u| stream_pos(&inputs[u.input]));
     let mut last_progress = Instant::now();
     let mut write_err: Option<io::Error> = None;
 
     for env in rx {
-        pending[env.input].insert(env.seq, env.msg);
+        pending[env.unit].insert(env.seq, env.msg);
         // Process everything that is now in order.
-        while current < inputs.len() {
+        while current < units.len() {
             let Some(msg) = pending[current].remove(&next_seq[current]) else {
                 break;
             };
@@ -426,11 +637,18 @@ fn collect(
                 }
                 Msg::ReadError { offset, message } => {
                     judge.read_error(p, offset, message);
-                    failed.push(p.name.clone());
+                    if failed.last() != Some(&p.name) {
+                        failed.push(p.name.clone());
+                    }
                 }
                 Msg::End => {
                     current += 1;
-                    pos = inputs.get(current).map(stream_pos);
+                    // The next range of the same input carries on its line count.
+                    if let Some(u) = units.get(current) {
+                        if u.input != units[current - 1].input {
+                            pos = Some(stream_pos(&inputs[u.input]));
+                        }
+                    }
                 }
             }
         }
@@ -447,7 +665,7 @@ fn collect(
                 s.entries,
                 s.bytes as f64 / 1e6 / secs,
                 s.findings,
-                current.min(inputs.len()),
+                units.get(current).map_or(inputs.len(), |u| u.input),
                 inputs.len()
             );
             let _ = io::stderr().flush();

@@ -685,3 +685,54 @@ fn threads_and_read_sizes_do_not_change_the_result() {
     assert_eq!(a.findings, b.findings);
     assert_eq!(a.stats["entries"], b.stats["entries"]);
 }
+
+/// Settled files are memory-mapped and split across threads; fresh ones are
+/// read. Both paths, and any split, must give the same findings and counts,
+/// hostile lines and an unterminated last line included.
+#[test]
+fn mapped_and_read_files_give_identical_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.log");
+    let one = std::fs::read(data(SCENARIOS)).unwrap();
+    let mut all = Vec::new();
+    // Over the 32 MiB split threshold, with bad lines near the split points.
+    while all.len() < 40 << 20 {
+        all.extend_from_slice(&one);
+        all.extend_from_slice(b"not json\n{\"type\":\xff}\n");
+    }
+    let mut huge = br#"{"type":"request","request":{"path":"sys/raw/huge"}}"#.to_vec();
+    huge.resize(huge.len() + (2 << 20), b' ');
+    all.extend_from_slice(&huge);
+    all.push(b'\n');
+    all.extend_from_slice(br#"{"type":"request","request":{"path":"sys/raw/cut"#);
+    std::fs::write(&path, &all).unwrap();
+    let p = path.to_str().unwrap();
+    let fresh = replay(&[p, "--max-line-bytes", "1MiB"]);
+    // Ten minutes old: settled, so mapped.
+    let f = std::fs::File::options().write(true).open(&path).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(600))
+        .unwrap();
+    drop(f);
+    let mapped = replay(&[p, "--max-line-bytes", "1MiB", "--threads", "2"]);
+    let mapped1 = replay(&[p, "--max-line-bytes", "1MiB", "--threads", "1"]);
+    let read = replay(&[p, "--max-line-bytes", "1MiB", "--threads", "2", "--no-mmap"]);
+    for other in [&mapped, &mapped1, &read] {
+        assert_eq!(code(other), 0);
+        assert_eq!(other.findings, fresh.findings);
+        for k in [
+            "entries",
+            "lines",
+            "bytes",
+            "invalid_json",
+            "invalid_utf8",
+            "oversize",
+            "truncated",
+            "candidates",
+        ] {
+            assert_eq!(other.stats[k], fresh.stats[k], "{k}");
+        }
+    }
+    assert_eq!(fresh.stats["oversize"], 1);
+    assert_eq!(fresh.stats["truncated"], 1);
+    assert!(fresh.stats["invalid_utf8"].as_u64().unwrap() > 40);
+}

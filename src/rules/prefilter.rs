@@ -19,16 +19,35 @@ use aho_corasick::{AhoCorasick, Input, MatchKind};
 /// Marks a literal that only counts as an array element (see the module docs).
 pub const ARRAY_ELEMENT: char = '\u{1}';
 
+/// One searched pattern. When `members` is not empty the pattern is a
+/// shared stem, and a hit counts only where one of the members stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    pub text: String,
+    pub members: Vec<String>,
+}
+
 pub struct Prefilter {
     ac: AhoCorasick,
     array_element: Vec<bool>,
+    /// Per pattern: (member bytes, offset of the stem inside the member).
+    members: Vec<Vec<(Vec<u8>, usize)>>,
 }
 
 impl Prefilter {
-    pub fn new(literals: &[String]) -> Result<Prefilter, aho_corasick::BuildError> {
+    pub fn new(literals: &[Pattern]) -> Result<Prefilter, aho_corasick::BuildError> {
         let mut patterns = Vec::with_capacity(literals.len());
         let mut array_element = Vec::with_capacity(literals.len());
-        for l in literals {
+        let mut members = Vec::with_capacity(literals.len());
+        for p in literals {
+            let mut verify = Vec::new();
+            for m in &p.members {
+                for (off, _) in m.match_indices(p.text.as_str()) {
+                    verify.push((m.as_bytes().to_vec(), off));
+                }
+            }
+            members.push(verify);
+            let l = &p.text;
             match l.strip_prefix(ARRAY_ELEMENT) {
                 Some(rest) => {
                     patterns.push(rest.to_owned());
@@ -43,14 +62,24 @@ impl Prefilter {
         let ac = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostFirst)
             .build(&patterns)?;
-        Ok(Prefilter { ac, array_element })
+        Ok(Prefilter {
+            ac,
+            array_element,
+            members,
+        })
     }
 
     /// Start of the first verified literal at or after `from`.
     fn next_literal(&self, hay: &[u8], mut from: usize) -> Option<usize> {
         while from < hay.len() {
             let m = self.ac.find(Input::new(hay).range(from..))?;
-            if !self.array_element[m.pattern().as_usize()] || in_array(hay, m.start()) {
+            let i = m.pattern().as_usize();
+            let members = &self.members[i];
+            let member_ok = members.is_empty()
+                || members
+                    .iter()
+                    .any(|(lit, off)| m.start() >= *off && hay[m.start() - off..].starts_with(lit));
+            if member_ok && (!self.array_element[i] || in_array(hay, m.start())) {
                 return Some(m.start());
             }
             from = m.start() + 1;
@@ -145,7 +174,14 @@ mod tests {
     use super::*;
 
     fn pf(lits: &[&str]) -> Prefilter {
-        Prefilter::new(&lits.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        let pats: Vec<Pattern> = lits
+            .iter()
+            .map(|s| Pattern {
+                text: s.to_string(),
+                members: Vec::new(),
+            })
+            .collect();
+        Prefilter::new(&pats).unwrap()
     }
 
     #[test]

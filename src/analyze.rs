@@ -15,7 +15,7 @@ use crate::framing::{lines, trim_line};
 use crate::parse::{self, array_strings, object_keys, AuditEntry, ParseErrorKind};
 use crate::rules::cond::value_string;
 use crate::rules::field::{namespace_of, Field};
-use crate::rules::{Rule, RuleSet};
+use crate::rules::{Role, Rule, RuleSet};
 
 /// How many located errors one block keeps (counts stay exact).
 pub const ERRORS_KEPT_PER_BLOCK: usize = 16;
@@ -33,6 +33,11 @@ pub struct Hit {
     pub throttle_key: Option<String>,
     /// Entry time in unix nanoseconds, when it parses.
     pub time_ns: Option<i64>,
+    /// For window rules: counted event or trigger, the group key (`None`
+    /// when a group field is missing) and the distinct value.
+    pub role: Role,
+    pub group: Option<String>,
+    pub distinct: Option<String>,
 }
 
 /// A line that is not a usable entry.
@@ -242,7 +247,7 @@ impl Analyzer {
         offset: u64,
         out: &mut BlockResult,
     ) {
-        for rule_idx in self.rules.matches(entry) {
+        for (rule_idx, role) in self.rules.matches(entry) {
             let rule = self.rules.get(rule_idx);
             let throttle_key = rule.throttle.as_ref().map(|t| {
                 let mut key = String::new();
@@ -254,6 +259,25 @@ impl Analyzer {
                 }
                 key
             });
+            let (group, distinct) = match &rule.window {
+                None => (None, None),
+                Some(w) => {
+                    let mut key = String::new();
+                    let mut complete = true;
+                    for f in &w.group_by {
+                        match value_string(&f.get(entry)) {
+                            Some(v) => key.push_str(&v),
+                            None => complete = false,
+                        }
+                        key.push('\u{1f}');
+                    }
+                    let distinct = w
+                        .distinct
+                        .as_ref()
+                        .and_then(|(_, f)| value_string(&f.get(entry)));
+                    (complete.then_some(key), distinct)
+                }
+            };
             out.hits.push(Hit {
                 rule: rule_idx,
                 line_idx: idx,
@@ -261,6 +285,9 @@ impl Analyzer {
                 finding: build_finding(rule, entry, raw),
                 throttle_key,
                 time_ns: entry.time.as_deref().and_then(parse::parse_time_nanos),
+                role,
+                group,
+                distinct,
             });
         }
     }

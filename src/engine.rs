@@ -2,14 +2,15 @@
 //! stream in order, turns block-relative positions into lines and offsets,
 //! applies throttles, and counts everything into [`Stats`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::analyze::{BlockResult, ErrorKind};
 use crate::finding::{Finding, SourceKind, SourceRef};
-use crate::rules::RuleSet;
+use crate::rules::{Role, RuleSet, Window};
 
 /// How many located errors a run keeps for its report (counts stay exact).
 pub const ERRORS_KEPT: usize = 100;
@@ -102,11 +103,57 @@ pub struct StreamPos {
     pub lines_before: u64,
 }
 
+/// One counted event of a window.
+#[derive(Debug, Clone)]
+struct WindowEvent {
+    time_ns: i64,
+    /// Hash of the distinct value (SipHash, random keys: attacker-proof).
+    distinct: Option<u64>,
+    time: Option<String>,
+    source: String,
+    line: u64,
+}
+
+#[derive(Debug, Default)]
+struct WindowState {
+    events: VecDeque<WindowEvent>,
+    latest: i64,
+    /// After a finding the key stays quiet for one window (a sustained
+    /// attack gives one finding per window, not one per `count` events).
+    quiet_until: Option<i64>,
+}
+
+impl WindowState {
+    fn expire(&mut self, within: i64) {
+        while self
+            .events
+            .front()
+            .is_some_and(|e| e.time_ns < self.latest - within)
+        {
+            self.events.pop_front();
+        }
+    }
+
+    fn measure(&self, w: &Window) -> u32 {
+        if w.distinct.is_some() {
+            let set: HashSet<u64> = self.events.iter().filter_map(|e| e.distinct).collect();
+            set.len() as u32
+        } else {
+            self.events.len() as u32
+        }
+    }
+}
+
 /// The ordered, stateful stage. One per run (replay) or per service.
 pub struct Judge {
     rules: Arc<RuleSet>,
     /// (rule index, key) → entry time (ns) of the last reported finding.
     throttle: HashMap<(usize, String), i64>,
+    /// Per window rule: group key → its window.
+    windows: HashMap<usize, HashMap<String, WindowState>>,
+    hasher: RandomState,
+    /// The newest entry time seen (for entries whose time does not parse).
+    clock: i64,
     pub stats: Stats,
 }
 
@@ -115,6 +162,9 @@ impl Judge {
         Judge {
             rules,
             throttle: HashMap::new(),
+            windows: HashMap::new(),
+            hasher: RandomState::new(),
+            clock: 0,
             stats: Stats::default(),
         }
     }
@@ -165,7 +215,21 @@ impl Judge {
                 });
             }
         }
-        for hit in result.hits {
+        for mut hit in result.hits {
+            if let Some(t) = hit.time_ns {
+                self.clock = self.clock.max(t);
+            }
+            // An Arc clone so the window state can be borrowed mutably.
+            let rules = self.rules.clone();
+            if let Some(w) = &rules.get(hit.rule).window {
+                let line = pos.lines_before + hit.line_idx + 1;
+                let Some(detail) = self.window_event(hit.rule, w, &hit, &pos.name, line) else {
+                    continue;
+                };
+                hit.finding.detail.insert("window".into(), detail);
+            } else if hit.role == Role::Trigger {
+                continue;
+            }
             let rule = self.rules.get(hit.rule);
             if let (Some(t), Some(key), Some(now)) = (&rule.throttle, hit.throttle_key, hit.time_ns)
             {
@@ -207,6 +271,81 @@ impl Judge {
         pos.lines_before += result.lines;
     }
 
+    /// Counts a window rule's event (or checks its trigger); returns the
+    /// window's description when the rule fires.
+    fn window_event(
+        &mut self,
+        rule: usize,
+        w: &Window,
+        hit: &crate::analyze::Hit,
+        source: &str,
+        line: u64,
+    ) -> Option<serde_json::Value> {
+        let key = hit.group.as_ref()?;
+        let now = hit.time_ns.unwrap_or(self.clock);
+        let within = w.within.as_nanos() as i64;
+        let rules = self.windows.entry(rule).or_default();
+        if hit.role == Role::Trigger {
+            let st = rules.get_mut(key)?;
+            st.latest = st.latest.max(now);
+            st.expire(within);
+            let measure = st.measure(w);
+            if measure < w.count {
+                return None;
+            }
+            if st.quiet_until.is_some_and(|q| now < q) {
+                self.stats.suppressed += 1;
+                return None;
+            }
+            let detail = window_detail(w, key, measure, st.events.front(), hit, source, line);
+            st.events.clear();
+            st.quiet_until = Some(now + within);
+            return Some(detail);
+        }
+        if !rules.contains_key(key) && rules.len() >= w.max_keys {
+            evict_stalest_windows(rules);
+        }
+        let st = rules.entry(key.clone()).or_default();
+        st.latest = st.latest.max(now);
+        if now < st.latest - within {
+            // Too late for its window (out of order by more than the window).
+            return None;
+        }
+        st.events.push_back(WindowEvent {
+            time_ns: now,
+            distinct: hit.distinct.as_ref().map(|d| self.hasher.hash_one(d)),
+            time: hit.finding.time.clone(),
+            source: source.to_owned(),
+            line,
+        });
+        st.expire(within);
+        // Bounded whatever the rate: the oldest events beyond a margin go.
+        let cap = (w.count as usize).saturating_mul(4).max(64);
+        while st.events.len() > cap {
+            st.events.pop_front();
+        }
+        if w.trigger.is_some() {
+            return None;
+        }
+        let measure = st.measure(w);
+        if measure < w.count {
+            return None;
+        }
+        if st.quiet_until.is_some_and(|q| now < q) {
+            self.stats.suppressed += 1;
+            return None;
+        }
+        let detail = window_detail(w, key, measure, st.events.front(), hit, source, line);
+        st.events.clear();
+        st.quiet_until = Some(now + within);
+        Some(detail)
+    }
+
+    /// Keys tracked by window rules (for memory tests and metrics).
+    pub fn window_keys(&self) -> usize {
+        self.windows.values().map(HashMap::len).sum()
+    }
+
     /// An oversize line of `pos`'s stream at `offset` (counted as one line).
     pub fn oversize(&mut self, pos: &mut StreamPos, offset: u64, len: u64, max: usize) {
         self.stats.entries += 1;
@@ -232,6 +371,39 @@ impl Judge {
             message,
         });
     }
+}
+
+fn window_detail(
+    w: &Window,
+    key: &str,
+    measure: u32,
+    first: Option<&WindowEvent>,
+    hit: &crate::analyze::Hit,
+    source: &str,
+    line: u64,
+) -> serde_json::Value {
+    let values: Vec<&str> = key.split('\u{1f}').filter(|s| !s.is_empty()).collect();
+    let entry = |time: &Option<String>, source: &str, line: u64| serde_json::json!({ "time": time, "source": source, "line": line });
+    serde_json::json!({
+        "group_by": w.group_names,
+        "key": values,
+        "within_seconds": w.within.as_secs_f64(),
+        "threshold": w.count,
+        "count": measure,
+        "distinct": w.distinct.as_ref().map(|(n, _)| n),
+        "first": first.map(|e| entry(&e.time, &e.source, e.line)),
+        "last": entry(&hit.finding.time, source, line),
+    })
+}
+
+/// Drops the stalest half of a window rule's keys: bounded memory against
+/// an attacker who sprays random addresses or users.
+fn evict_stalest_windows(map: &mut HashMap<String, WindowState>) {
+    let mut times: Vec<i64> = map.values().map(|s| s.latest).collect();
+    let mid = times.len() / 2;
+    let (_, median, _) = times.select_nth_unstable(mid);
+    let cut = *median;
+    map.retain(|_, s| s.latest > cut);
 }
 
 /// Drops the half of the throttle state with the oldest times: bounded

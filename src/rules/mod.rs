@@ -63,6 +63,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "patterns/login.toml",
         include_str!("../../patterns/login.toml"),
     ),
+    (
+        "patterns/windows.toml",
+        include_str!("../../patterns/windows.toml"),
+    ),
 ];
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +93,8 @@ struct RuleDef {
     when: CondDef,
     #[serde(default)]
     throttle: Option<ThrottleDef>,
+    #[serde(default)]
+    window: Option<WindowDef>,
     #[serde(default, rename = "fixture")]
     fixtures: Vec<FixtureDef>,
 }
@@ -103,6 +109,40 @@ struct ThrottleDef {
     key: Vec<String>,
     window: String,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowDef {
+    group_by: Vec<String>,
+    count: u32,
+    within: String,
+    #[serde(default)]
+    distinct: Option<String>,
+    #[serde(default)]
+    trigger: Option<CondDef>,
+    #[serde(default)]
+    max_keys: Option<usize>,
+}
+
+/// A stateful rule: the entries its `when` matches are counted per key in a
+/// sliding window of entry time (see the README's "Windows").
+#[derive(Debug)]
+pub struct Window {
+    pub group_by: Vec<Field>,
+    pub group_names: Vec<String>,
+    /// Fire at this many events (or distinct values).
+    pub count: u32,
+    pub within: Duration,
+    /// Count distinct values of this field instead of events.
+    pub distinct: Option<(String, Field)>,
+    /// Fire on an entry matching this, when the window already holds `count`.
+    pub trigger: Option<Cond>,
+    /// Keys kept at most; the stalest half is dropped when full.
+    pub max_keys: usize,
+}
+
+/// Default cap of keys a window rule tracks.
+pub const WINDOW_KEYS_MAX: usize = 65_536;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,6 +160,15 @@ pub struct FixtureDef {
 pub enum Expect {
     Fire,
     Quiet,
+}
+
+/// How an entry concerns a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// It matches the rule's `when` (a finding, or an event a window counts).
+    Event,
+    /// It matches a window rule's `trigger`.
+    Trigger,
 }
 
 /// Suppress repeats: one finding per key per window of entry time.
@@ -142,6 +191,7 @@ pub struct Rule {
     pub detail: Vec<(String, Field)>,
     pub when: Cond,
     pub throttle: Option<Throttle>,
+    pub window: Option<Window>,
     pub fixtures: Vec<FixtureDef>,
     /// The file it came from (`patterns/x.toml` for built-ins) and the line of its id.
     pub origin: String,
@@ -279,13 +329,25 @@ impl RuleSet {
         self.scanner(line).next(0).is_some()
     }
 
-    /// Indices of the rules matching an entry (stateless part only).
-    pub fn matches<'s>(&'s self, e: &'s AuditEntry<'_>) -> impl Iterator<Item = usize> + 's {
-        self.rules
-            .iter()
-            .enumerate()
-            .filter(move |(_, r)| r.when.eval(e))
-            .map(|(i, _)| i)
+    /// The rules an entry concerns (stateless part only): `(rule, Role)`.
+    pub fn matches<'s>(
+        &'s self,
+        e: &'s AuditEntry<'_>,
+    ) -> impl Iterator<Item = (usize, Role)> + 's {
+        self.rules.iter().enumerate().filter_map(move |(i, r)| {
+            if r.when.eval(e) {
+                Some((i, Role::Event))
+            } else if r
+                .window
+                .as_ref()
+                .and_then(|w| w.trigger.as_ref())
+                .is_some_and(|t| t.eval(e))
+            {
+                Some((i, Role::Trigger))
+            } else {
+                None
+            }
+        })
     }
 
     /// Runs every rule's fixtures: each `fire` line must pass the prefilter
@@ -564,11 +626,68 @@ fn parse_file(origin: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
                 })
             }
         };
+        let window = match d.window {
+            None => None,
+            Some(w) => {
+                let within =
+                    parse_duration(&w.within).map_err(|m| fail(format!("window.within: {m}")))?;
+                if w.count == 0 || within.is_zero() {
+                    return Err(fail(
+                        "window.count and window.within must be positive".into(),
+                    ));
+                }
+                let group_by = w
+                    .group_by
+                    .iter()
+                    .map(|k| Field::parse(k))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|m| fail(format!("window.group_by: {m}")))?;
+                if group_by.is_empty() {
+                    return Err(fail("window.group_by is empty".into()));
+                }
+                let distinct = match w.distinct {
+                    Some(name) => {
+                        let f = Field::parse(&name)
+                            .map_err(|m| fail(format!("window.distinct: {m}")))?;
+                        Some((name, f))
+                    }
+                    None => None,
+                };
+                let trigger = match &w.trigger {
+                    Some(c) => {
+                        Some(Cond::compile(c).map_err(|m| fail(format!("window.trigger: {m}")))?)
+                    }
+                    None => None,
+                };
+                Some(Window {
+                    group_by,
+                    group_names: w.group_by,
+                    count: w.count,
+                    within,
+                    distinct,
+                    trigger,
+                    max_keys: w.max_keys.unwrap_or(WINDOW_KEYS_MAX).max(1),
+                })
+            }
+        };
         if !d.enabled {
             continue;
         }
+        // A trigger's entries must pass the prefilter too.
+        let literals = match (
+            when.literals(),
+            window.as_ref().and_then(|w| w.trigger.as_ref()),
+        ) {
+            (Some(mut a), Some(t)) => t.literals().map(|b| {
+                a.extend(b);
+                a
+            }),
+            (a, None) => a,
+            (None, Some(_)) => None,
+        };
         out.push(Rule {
-            literals: when.literals(),
+            literals,
+            window,
             id,
             title: d.title,
             category: d.category,

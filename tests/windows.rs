@@ -1,0 +1,238 @@
+//! Window rules (brute force, spray, …) on real captured entries whose
+//! times are adjusted to control the timing (the entries are otherwise the
+//! real OpenBao lines; where a test needs many users or addresses it also
+//! rewrites the user in the path or the remote address, and says so).
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use auditwatch::analyze::Analyzer;
+use auditwatch::engine::{Judge, StreamPos};
+use auditwatch::finding::SourceKind;
+use auditwatch::rules::RuleSet;
+
+fn capture_line(scenario: &str, step: &str, k: usize) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/openbao");
+    let steps = std::fs::read_to_string(dir.join("scenarios.steps.tsv")).unwrap();
+    let first: usize = steps
+        .lines()
+        .find_map(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            (c[0] == scenario && c[1] == step).then(|| c[2].parse().unwrap())
+        })
+        .unwrap();
+    let log = std::fs::read_to_string(dir.join("scenarios.log")).unwrap();
+    log.lines().nth(first - 1 + k).unwrap().to_owned()
+}
+
+/// The same entry with its `time` set to `secs` seconds after a fixed start.
+fn at(line: &str, secs: f64) -> String {
+    let start = line.find("\"time\":\"").unwrap() + 8;
+    let end = start + line[start..].find('"').unwrap();
+    let whole = secs.floor() as u64;
+    let nanos = ((secs - secs.floor()) * 1e9) as u64;
+    let t = format!(
+        "2026-11-25T10:{:02}:{:02}.{:09}Z",
+        whole / 60,
+        whole % 60,
+        nanos
+    );
+    format!("{}{}{}", &line[..start], t, &line[end..])
+}
+
+fn replay(lines: &[String]) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("w.log");
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+        .args(["replay", "-q"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn fired<'a>(findings: &'a [Value], rule: &str) -> Vec<&'a Value> {
+    findings.iter().filter(|f| f["rule"] == rule).collect()
+}
+
+fn wrong_password() -> String {
+    // userpass, alice, wrong password: a real failed-login response.
+    capture_line("01-userpass", "wrong_password", 1)
+}
+
+#[test]
+fn brute_force_by_address_fires_at_the_threshold_and_not_below() {
+    let fail = wrong_password();
+    let nine: Vec<String> = (0..9).map(|i| at(&fail, i as f64 * 5.0)).collect();
+    assert!(fired(&replay(&nine), "brute_force.address").is_empty());
+    let ten: Vec<String> = (0..10).map(|i| at(&fail, i as f64 * 5.0)).collect();
+    let f = replay(&ten);
+    let hits = fired(&f, "brute_force.address");
+    assert_eq!(hits.len(), 1);
+    let w = &hits[0]["detail"]["window"];
+    assert_eq!(w["count"], 10);
+    assert_eq!(w["threshold"], 10);
+    assert_eq!(w["key"][0], "127.0.0.1");
+    assert_eq!(w["first"]["line"], 1);
+    assert_eq!(w["last"]["line"], 10);
+    assert_eq!(
+        hits[0]["source"]["line"], 10,
+        "reported on the entry that crossed the threshold"
+    );
+    // Ten failures spread over more than the minute: no burst.
+    let slow: Vec<String> = (0..10).map(|i| at(&fail, i as f64 * 7.0)).collect();
+    assert!(fired(&replay(&slow), "brute_force.address").is_empty());
+    // Slightly out of order is still the same window.
+    let mut shuffled = ten.clone();
+    shuffled.swap(3, 7);
+    assert_eq!(fired(&replay(&shuffled), "brute_force.address").len(), 1);
+}
+
+#[test]
+fn brute_force_by_user_counts_across_addresses() {
+    let fail = wrong_password();
+    // Rewritten: the remote address varies (10 addresses, one failure each).
+    let lines: Vec<String> = (0..10)
+        .map(|i| {
+            at(&fail, i as f64 * 20.0).replace(
+                "\"remote_address\":\"127.0.0.1\"",
+                &format!("\"remote_address\":\"127.0.0.{}\"", i + 2),
+            )
+        })
+        .collect();
+    let f = replay(&lines);
+    assert!(fired(&f, "brute_force.address").is_empty());
+    let by_user = fired(&f, "brute_force.user");
+    assert_eq!(by_user.len(), 1);
+    assert_eq!(by_user[0]["detail"]["window"]["key"][1], "alice");
+    assert_eq!(
+        fired(&f, "brute_force.distributed").len(),
+        1,
+        "5+ distinct addresses for alice"
+    );
+    let four: Vec<String> = lines[..4].to_vec();
+    assert!(fired(&replay(&four), "brute_force.distributed").is_empty());
+}
+
+#[test]
+fn password_spray_needs_distinct_users() {
+    let fail = wrong_password();
+    // Rewritten: the user in the path varies.
+    let users = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                at(&fail, i as f64).replace(
+                    "auth/userpass/login/alice",
+                    &format!("auth/userpass/login/user{i}"),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        fired(&replay(&users(5)), "brute_force.password_spray").len(),
+        1
+    );
+    assert!(fired(&replay(&users(4)), "brute_force.password_spray").is_empty());
+    // The same user 8 times is no spray.
+    let same: Vec<String> = (0..8).map(|i| at(&fail, i as f64)).collect();
+    assert!(fired(&replay(&same), "brute_force.password_spray").is_empty());
+}
+
+#[test]
+fn success_after_failures_fires_on_the_success() {
+    let fail = wrong_password();
+    let ok = capture_line("01-userpass", "login_ok", 1);
+    let mut lines: Vec<String> = (0..5).map(|i| at(&fail, i as f64 * 10.0)).collect();
+    lines.push(at(&ok, 120.0));
+    let f = replay(&lines);
+    let hits = fired(&f, "brute_force.success_after_failures");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0]["source"]["line"], 6);
+    assert_eq!(hits[0]["detail"]["window"]["count"], 5);
+    // Four failures, or a success long after, stay quiet.
+    let mut four: Vec<String> = (0..4).map(|i| at(&fail, i as f64 * 10.0)).collect();
+    four.push(at(&ok, 60.0));
+    assert!(fired(&replay(&four), "brute_force.success_after_failures").is_empty());
+    let mut late: Vec<String> = (0..5).map(|i| at(&fail, i as f64)).collect();
+    late.push(at(&ok, 20.0 * 60.0));
+    assert!(fired(&replay(&late), "brute_force.success_after_failures").is_empty());
+}
+
+#[test]
+fn acl_denial_bursts_per_token() {
+    let denied = capture_line("05-acl-denied", "limited_read", 1);
+    let ten: Vec<String> = (0..10).map(|i| at(&denied, i as f64)).collect();
+    assert_eq!(fired(&replay(&ten), "acl.denied_burst").len(), 1);
+    assert!(fired(&replay(&ten[..9]), "acl.denied_burst").is_empty());
+    // Rewritten: the path varies.
+    let paths: Vec<String> = (0..10)
+        .map(|i| {
+            at(&denied, i as f64 * 20.0)
+                .replace("secret/data/prod/db", &format!("secret/data/prod/db{i}"))
+        })
+        .collect();
+    assert_eq!(fired(&replay(&paths), "acl.denied_paths").len(), 1);
+}
+
+/// A flood of distinct keys never grows window state past its cap.
+#[test]
+fn window_state_is_bounded_under_a_flood_of_addresses() {
+    let pack = r#"
+[[rule]]
+id = "t.burst"
+title = "t"
+category = "brute_force"
+severity = "high"
+description = "d"
+[rule.window]
+group_by = ["request.remote_address"]
+count = 3
+within = "1h"
+max_keys = 1000
+[rule.when]
+field = "path"
+glob = "auth/**/login/*"
+"#;
+    let rules = Arc::new(RuleSet::from_toml("t.toml", pack).unwrap());
+    let analyzer = Analyzer::new(rules.clone(), false, 1 << 20);
+    let mut judge = Judge::new(rules);
+    let fail = wrong_password();
+    let mut pos = StreamPos {
+        kind: SourceKind::File,
+        name: "flood".into(),
+        lines_before: 0,
+    };
+    let mut fired = 0;
+    let mut max_keys = 0;
+    for chunk in 0..50 {
+        let mut block = String::new();
+        for i in 0..2000 {
+            let n = chunk * 2000 + i;
+            let addr = format!(
+                "\"remote_address\":\"10.{}.{}.{}\"",
+                n >> 16,
+                (n >> 8) & 255,
+                n & 255
+            );
+            block.push_str(
+                &at(&fail, n as f64 / 1000.0).replace("\"remote_address\":\"127.0.0.1\"", &addr),
+            );
+            block.push('\n');
+        }
+        let result = analyzer.scan_block(block.as_bytes());
+        judge.block(&mut pos, 0, result, false, &mut |_| fired += 1);
+        max_keys = max_keys.max(judge.window_keys());
+    }
+    assert_eq!(fired, 0, "every address failed once");
+    assert!(max_keys <= 1000, "window keys grew to {max_keys}");
+    assert!(max_keys >= 500);
+}

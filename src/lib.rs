@@ -30,6 +30,8 @@
 //! 6. [`listen`] and [`pipeline`]: the live mode and its never-block
 //!    pipeline; [`archive`]: the byte-for-byte fallback copy.
 //! 7. [`finding`] and [`output`]: what is reported and how it is written.
+//! 8. [`sink`]: delivering findings (stdout, files, webhooks, syslog) with
+//!    queues, retries and an on-disk spool.
 //!
 //! ## When a queue is full
 //! | edge | when full |
@@ -51,3 +53,4 @@ pub mod parse;
 pub mod pipeline;
 pub mod replay;
 pub mod rules;
+pub mod sink;

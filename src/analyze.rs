@@ -138,9 +138,11 @@ impl Analyzer {
         }
     }
 
-    /// Strips `prefix` from the start of lines that carry it.
-    pub fn with_prefix(mut self, prefix: &[u8]) -> Self {
-        self.prefix = (!prefix.is_empty()).then(|| Arc::from(prefix));
+    /// Strips `prefix` from the start of lines that carry it. A `str`, so a
+    /// strip can never split a UTF-8 character (lines are then viewed as
+    /// `str` without a second check).
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = (!prefix.is_empty()).then(|| Arc::from(prefix.as_bytes()));
         self
     }
 

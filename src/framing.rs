@@ -151,8 +151,13 @@ pub enum Tail {
     /// Bytes after the last newline: a fragment, or a final line whose
     /// newline was never written.
     Fragment { offset: u64, data: Block },
-    /// An oversize line that never ended; its pieces were already handed out.
-    Oversize { line_offset: u64, total: u64 },
+    /// An oversize line that never ended: `data` holds its last bytes (the
+    /// earlier pieces were handed out as frames), `total` its whole length.
+    Oversize {
+        line_offset: u64,
+        total: u64,
+        data: Block,
+    },
 }
 
 /// Splits a byte stream into complete lines. See the module docs.
@@ -316,9 +321,13 @@ impl Framer {
     pub fn finish(&mut self) -> Option<Tail> {
         if let Some((line_offset, seen)) = self.oversize.take() {
             let total = seen + self.filled as u64;
-            self.offset += self.filled as u64;
-            self.filled = 0;
-            return Some(Tail::Oversize { line_offset, total });
+            let filled = self.filled;
+            let (data, _) = self.split_off(filled);
+            return Some(Tail::Oversize {
+                line_offset,
+                total,
+                data,
+            });
         }
         if self.filled == 0 {
             return None;
@@ -408,9 +417,9 @@ mod tests {
             Some(Tail::Fragment { offset, data }) => {
                 out.push(Seen::Fragment(offset, data.to_vec()))
             }
-            Some(Tail::Oversize { line_offset, total }) => {
-                out.push(Seen::Oversize { line_offset, total })
-            }
+            Some(Tail::Oversize {
+                line_offset, total, ..
+            }) => out.push(Seen::Oversize { line_offset, total }),
             None => {}
         }
         out
@@ -521,6 +530,44 @@ mod tests {
                 total: 1000
             }]
         );
+    }
+
+    /// Every byte is handed out exactly once, in order (an archive copies
+    /// frames byte for byte), also when the stream ends inside an oversize
+    /// line (found by fuzzing: its last bytes were lost).
+    #[test]
+    fn every_byte_is_handed_out_once() {
+        let mut inputs = vec![sample(), b"abc".to_vec(), vec![b'q'; 1000]];
+        inputs.push([sample(), vec![b'z'; 333]].concat());
+        for input in &inputs {
+            for read in [1, 2, 7, 4096] {
+                for max_line in [1, 5, 100, 1 << 20] {
+                    let mut framer = Framer::new(BufPool::new(16, 4), max_line);
+                    let mut out = Vec::new();
+                    for chunk in input.chunks(read) {
+                        let mut rest = chunk;
+                        while !rest.is_empty() {
+                            let spare = framer.spare();
+                            let n = spare.len().min(rest.len());
+                            spare[..n].copy_from_slice(&rest[..n]);
+                            framer.commit(n);
+                            rest = &rest[n..];
+                            while let Some(f) = framer.next_frame() {
+                                assert_eq!(f.offset as usize, out.len());
+                                out.extend_from_slice(&f.data);
+                            }
+                        }
+                    }
+                    match framer.finish() {
+                        Some(Tail::Fragment { data, .. }) | Some(Tail::Oversize { data, .. }) => {
+                            out.extend_from_slice(&data)
+                        }
+                        None => {}
+                    }
+                    assert_eq!(&out, input, "read {read}, max_line {max_line}");
+                }
+            }
+        }
     }
 
     #[test]

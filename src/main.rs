@@ -528,7 +528,7 @@ fn run_listen(args: ListenArgs) -> Result<ExitCode> {
     let writer = FindingWriter::new(out, args.format, to_terminal, true);
     let mut analyzer = Analyzer::new(rules, false, args.max_line_bytes);
     if let Some(p) = &args.strip_prefix {
-        analyzer = analyzer.with_prefix(p.as_bytes());
+        analyzer = analyzer.with_prefix(p);
     }
     let threads = args
         .threads

@@ -581,7 +581,9 @@ fn read_unit(
                     },
                 );
             }
-            Some(Tail::Oversize { line_offset, total }) => {
+            Some(Tail::Oversize {
+                line_offset, total, ..
+            }) => {
                 put(&mut seq, Msg::Oversize { line_offset, total });
             }
             None => {}

@@ -44,11 +44,16 @@ fn at(line: &str, secs: f64) -> String {
 }
 
 fn replay(lines: &[String]) -> Vec<Value> {
+    replay_with(lines, &[])
+}
+
+fn replay_with(lines: &[String], extra: &[&str]) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("w.log");
     std::fs::write(&p, lines.join("\n") + "\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
         .args(["replay", "-q"])
+        .args(extra)
         .arg(&p)
         .output()
         .unwrap();
@@ -147,12 +152,41 @@ fn password_spray_needs_distinct_users() {
     assert!(fired(&replay(&same), "brute_force.password_spray").is_empty());
 }
 
+/// The built-in pack with `brute_force.success_after_failures` turned on
+/// (it is off by default) in a `--patterns` directory.
+fn with_success_rule() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("patterns/windows.toml"),
+    )
+    .unwrap();
+    let start = pack
+        .find("id = \"brute_force.success_after_failures\"")
+        .unwrap();
+    let rule_start = pack[..start].rfind("[[rule]]").unwrap();
+    let rule_end = pack[start..]
+        .find("\n[[rule]]")
+        .map_or(pack.len(), |i| start + i);
+    let rule = pack[rule_start..rule_end].replace("enabled = false", "enabled = true");
+    std::fs::write(dir.path().join("on.toml"), rule).unwrap();
+    dir
+}
+
 #[test]
 fn success_after_failures_fires_on_the_success() {
+    let patterns = with_success_rule();
+    let p = patterns.path().to_str().unwrap().to_owned();
+    let replay = |lines: &[String]| replay_with(lines, &["--patterns", &p]);
+    // Off by default.
     let fail = wrong_password();
     let ok = capture_line("01-userpass", "login_ok", 1);
     let mut lines: Vec<String> = (0..5).map(|i| at(&fail, i as f64 * 10.0)).collect();
     lines.push(at(&ok, 120.0));
+    assert!(fired(
+        &replay_with(&lines, &[]),
+        "brute_force.success_after_failures"
+    )
+    .is_empty());
     let f = replay(&lines);
     let hits = fired(&f, "brute_force.success_after_failures");
     assert_eq!(hits.len(), 1);

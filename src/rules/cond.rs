@@ -206,6 +206,31 @@ impl Cond {
         Ok(Cond::Leaf { field, test })
     }
 
+    /// A test that only needs a rare key to be present: a key inside
+    /// `request.data` / `response.data`, or the top-level `error` (exists, a
+    /// number, a boolean), or any/all of such tests. The prefilter prefers
+    /// these to path literals, whose stems are shared by busy paths.
+    fn is_data_key(&self) -> bool {
+        match self {
+            Cond::Leaf { field, test } => {
+                let keyed = match field {
+                    Field::RequestData(p) | Field::ResponseData(p) => !p.is_empty(),
+                    Field::Error => true,
+                    _ => false,
+                };
+                keyed
+                    && matches!(
+                        test,
+                        Test::Exists(true)
+                            | Test::Cmp(..)
+                            | Test::Equals(Scalar::Bool(_) | Scalar::Int(_) | Scalar::Float(_))
+                    )
+            }
+            Cond::Any(list) | Cond::All(list) => list.iter().all(Cond::is_data_key),
+            Cond::Not(_) => false,
+        }
+    }
+
     pub fn eval(&self, e: &AuditEntry<'_>) -> bool {
         match self {
             Cond::All(list) => list.iter().all(|c| c.eval(e)),
@@ -227,11 +252,17 @@ impl Cond {
                 }
                 Some(out)
             }
-            // One child's set suffices: pick the most selective.
-            Cond::All(list) => list.iter().filter_map(Cond::literals).max_by_key(|lits| {
-                let shortest = lits.iter().map(String::len).min().unwrap_or(0);
-                (shortest.min(12), usize::MAX - lits.len())
-            }),
+            // One child's set suffices: pick the most selective. A key of a
+            // `data` field (`"period"`) is rarer than most paths, which share
+            // common stems (`auth/token/lookup-self` stands everywhere).
+            Cond::All(list) => list
+                .iter()
+                .filter_map(|c| c.literals().map(|l| (c.is_data_key(), l)))
+                .max_by_key(|(data_key, lits)| {
+                    let shortest = lits.iter().map(String::len).min().unwrap_or(0);
+                    (*data_key, shortest.min(12), usize::MAX - lits.len())
+                })
+                .map(|(_, l)| l),
             Cond::Leaf { field, test } => leaf_literals(field, test),
         }
     }
@@ -241,75 +272,129 @@ fn leaf_literals(field: &Field, test: &Test) -> Option<Vec<String>> {
     if !field.selective() {
         return None;
     }
-    let quoted = |v: &str| -> Vec<String> {
-        if field.is_array() {
-            // `"root"` alone stands in every OpenBao line
-            // (`"namespace":{"id":"root"}`): count it only inside an array.
-            vec![format!("{ARRAY_ELEMENT}\"{v}\"")]
-        } else if field.is_verbatim() {
-            vec![format!("\"{v}\"")]
-        } else {
-            // Derived fields (`path` drops a trailing `/`): the opening quote only.
-            vec![format!("\"{v}")]
+    // A value stands in the line JSON-escaped (`"` as `\"`, `\` as `\\`,
+    // control characters as `\n`…); the `\u` and `\/` spellings Go may use
+    // instead are caught by the prefilter's escape evidence.
+    let esc = |v: &str| -> String {
+        let j = serde_json::to_string(v).unwrap_or_default();
+        j.get(1..j.len().saturating_sub(1))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // Where the value's text sits relative to the JSON quotes.
+    enum Ctx {
+        /// A string element of an array: `"v"` after `[` or `,`.
+        Element,
+        /// The whole string value: `"v"`.
+        Quoted,
+        /// Starts at the opening quote, may end otherwise (`path` drops a trailing `/`).
+        StartQuoted,
+        /// Anywhere (`login_user` follows `/login/`; `contains` on strings).
+        Free,
+    }
+    let ctx = if field.is_array() {
+        Ctx::Element
+    } else if matches!(field, Field::Path) {
+        Ctx::StartQuoted
+    } else if field.is_verbatim() || matches!(field, Field::Error) {
+        Ctx::Quoted
+    } else {
+        Ctx::Free
+    };
+    let whole = |v: &str| -> String {
+        let e = esc(v);
+        match ctx {
+            Ctx::Element => format!("{ARRAY_ELEMENT}\"{e}\""),
+            Ctx::Quoted => format!("\"{e}\""),
+            Ctx::StartQuoted => format!("\"{e}"),
+            Ctx::Free => e,
+        }
+    };
+    let starts = |v: &str| -> String {
+        match ctx {
+            Ctx::Free => esc(v),
+            _ => format!("\"{}", esc(v)),
+        }
+    };
+    let ends = |v: &str| -> String {
+        match ctx {
+            Ctx::Quoted | Ctx::Element => format!("{}\"", esc(v)),
+            _ => esc(v),
         }
     };
     let key = || field.json_key().map(|k| vec![format!("\"{k}\"")]);
     let usable = |lits: Vec<String>| -> Option<Vec<String>> {
         // Too short to narrow anything down (and an empty literal matches all).
-        (lits.iter().all(|l| l.trim_matches('"').len() >= 3)).then_some(lits)
+        let body = |l: &String| l.trim_start_matches(ARRAY_ELEMENT).trim_matches('"').len();
+        (lits.iter().all(|l| body(l) >= 3)).then_some(lits)
     };
     match test {
-        Test::Equals(Scalar::Str(v)) => usable(quoted(v)),
+        Test::Equals(Scalar::Str(v)) => usable(vec![whole(v)]),
         Test::Equals(_) | Test::Cmp(..) | Test::Exists(true) => key(),
         Test::Exists(false) => None,
-        Test::In(list) => usable(list.iter().flat_map(|v| quoted(v)).collect()),
-        Test::Prefix(list) => usable(list.iter().map(|p| format!("\"{p}")).collect()),
-        Test::Suffix(list) => usable(list.iter().map(|s| format!("{s}\"")).collect()),
-        Test::Contains(list) => {
-            if field.is_array() {
-                usable(list.iter().flat_map(|v| quoted(v)).collect())
-            } else if matches!(field, Field::RequestData(_) | Field::ResponseData(_)) {
-                // On an object, `contains` names a key.
-                usable(list.iter().map(|k| format!("\"{k}\"")).collect())
-            } else {
-                usable(list.clone())
-            }
-        }
+        Test::In(list) => usable(list.iter().map(|v| whole(v)).collect()),
+        Test::Prefix(list) => usable(list.iter().map(|p| starts(p)).collect()),
+        Test::Suffix(list) => usable(list.iter().map(|v| ends(v)).collect()),
+        Test::Contains(list) => match ctx {
+            // On an array, `contains` is element equality.
+            Ctx::Element => usable(list.iter().map(|v| whole(v)).collect()),
+            // On a string a substring, on an object a key: the plain text covers both.
+            _ => usable(list.iter().map(|v| esc(v)).collect()),
+        },
         Test::Glob(globs) => usable(
             globs
                 .iter()
-                .map(|(g, _)| glob_literal(g))
+                .map(|(g, _)| glob_literal(g).map(|l| esc(&l)))
                 .collect::<Option<Vec<_>>>()?,
         ),
         Test::Regex(_) => None,
     }
 }
 
-/// The longest run of plain characters in a glob.
+/// The longest run of plain characters in a glob (outside `*`, `?`,
+/// `[…]` classes — where a `]` right after `[` or `[!` is a member — and
+/// `{…}` alternations, and never across a `\` escape).
 fn glob_literal(glob: &str) -> Option<String> {
-    let mut best = "";
-    let mut depth = 0usize;
-    let mut start = 0;
-    for (i, c) in glob.char_indices() {
-        let special = matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | ',' | '\\');
-        if c == '{' || c == '[' {
-            depth += 1;
+    let chars: Vec<char> = glob.chars().collect();
+    let mut best = String::new();
+    let mut run = String::new();
+    let mut i = 0;
+    let mut braces = 0usize;
+    let flush = |run: &mut String, best: &mut String| {
+        if run.len() > best.len() {
+            *best = run.clone();
         }
-        if special || depth > 0 {
-            let run = &glob[start..i];
-            if run.len() > best.len() {
-                best = run;
+        run.clear();
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '[' => {
+                flush(&mut run, &mut best);
+                i += 1;
+                if chars.get(i) == Some(&'!') {
+                    i += 1;
+                }
+                if chars.get(i) == Some(&']') {
+                    i += 1;
+                }
+                while i < chars.len() && chars[i] != ']' {
+                    i += 1;
+                }
             }
-            start = i + c.len_utf8();
+            '{' => {
+                flush(&mut run, &mut best);
+                braces += 1;
+            }
+            '}' if braces > 0 => braces -= 1,
+            '*' | '?' | '\\' => flush(&mut run, &mut best),
+            _ if braces > 0 => {}
+            _ => run.push(c),
         }
-        if (c == '}' || c == ']') && depth > 0 {
-            depth -= 1;
-        }
+        i += 1;
     }
-    if depth == 0 && glob.len() - start > best.len() {
-        best = &glob[start..];
-    }
-    (!best.is_empty()).then(|| best.to_owned())
+    flush(&mut run, &mut best);
+    (!best.is_empty()).then_some(best)
 }
 
 impl Test {
@@ -383,6 +468,8 @@ mod tests {
             Some("sys/")
         );
         assert_eq!(glob_literal("*").as_deref(), None);
+        assert_eq!(glob_literal("[]abcdefgh]x").as_deref(), Some("x"));
+        assert_eq!(glob_literal("[!]ab]cdef").as_deref(), Some("cdef"));
     }
 
     #[test]

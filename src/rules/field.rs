@@ -191,6 +191,7 @@ impl Field {
                 | Field::RequestPresent
                 | Field::ResponsePresent
                 | Field::Auth(AuthField::Present)
+                | Field::ResponseAuth(AuthField::Present)
                 | Field::Auth(AuthField::TokenType)
                 | Field::ResponseAuth(AuthField::TokenType)
         )
@@ -329,9 +330,10 @@ fn auth_get<'a>(auth: Option<&'a Auth<'a>>, f: &AuthField) -> Value<'a> {
         AuthField::ClientToken => Value::from_str_opt(&a.client_token),
         AuthField::Accessor => Value::from_str_opt(&a.accessor),
         AuthField::DisplayName => Value::from_str_opt(&a.display_name),
-        AuthField::Policies => raw(a.policies),
-        AuthField::TokenPolicies => raw(a.token_policies),
-        AuthField::IdentityPolicies => raw(a.identity_policies),
+        // Policy lists are arrays; anything else (tampered input) is no list.
+        AuthField::Policies => array(raw(a.policies)),
+        AuthField::TokenPolicies => array(raw(a.token_policies)),
+        AuthField::IdentityPolicies => array(raw(a.identity_policies)),
         AuthField::Metadata(None) => raw(a.metadata),
         AuthField::Metadata(Some(k)) => raw(a.metadata.and_then(|m| object_get(m, k))),
         AuthField::EntityId => Value::from_str_opt(&a.entity_id),
@@ -339,6 +341,13 @@ fn auth_get<'a>(auth: Option<&'a Auth<'a>>, f: &AuthField) -> Value<'a> {
         AuthField::TokenTtl => opt_num(a.token_ttl),
         AuthField::NumUses => opt_num(a.num_uses),
         AuthField::PolicyAllowed => opt_bool(a.policy_results.as_ref().and_then(|p| p.allowed)),
+    }
+}
+
+fn array(v: Value<'_>) -> Value<'_> {
+    match v {
+        Value::Array(_) => v,
+        _ => Value::Missing,
     }
 }
 

@@ -67,6 +67,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "patterns/windows.toml",
         include_str!("../../patterns/windows.toml"),
     ),
+    (
+        "patterns/signals.toml",
+        include_str!("../../patterns/signals.toml"),
+    ),
 ];
 
 #[derive(Debug, Deserialize)]
@@ -281,6 +285,10 @@ impl RuleSet {
             }
         }
         let literals = minimize_literals(literals);
+        tracing::debug!(
+            patterns = ?literals.iter().map(|p| &p.text).collect::<Vec<_>>(),
+            "prefilter patterns"
+        );
         let prefilter = if all_known && !rules.is_empty() {
             Some(Prefilter::new(&literals).map_err(|e| err("prefilter", e))?)
         } else {
@@ -840,6 +848,33 @@ when = { field = "path", glob = ["sys/raw", "sys/raw/**"] }
         assert!(checked > 60);
     }
 
+    /// Rule files the fuzzer (and a read of the code) found where a rule
+    /// matched a line the prefilter skipped: never again.
+    #[test]
+    fn fuzz_regressions_prefilter_never_skips_a_match() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/rules");
+        let mut checked = 0;
+        for path in toml_files(&dir).unwrap() {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let set = RuleSet::from_toml(&path.display().to_string(), &text).unwrap();
+            for rule in set.rules() {
+                for fx in &rule.fixtures {
+                    let line = fx.line.trim_end();
+                    let e = parse::parse_str(line).unwrap();
+                    if rule.when.eval(&e) {
+                        assert!(
+                            set.is_candidate(line.as_bytes()),
+                            "{}: {line}",
+                            path.display()
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked >= 6, "{checked}");
+    }
+
     #[test]
     fn literal_minimization_only_widens() {
         let lits = vec![
@@ -873,6 +908,27 @@ when = { field = "path", glob = ["sys/raw", "sys/raw/**"] }
 
     fn pf_hit(pf: &Prefilter, line: &[u8]) -> bool {
         Scanner::new(Some(pf), line).next(0).is_some()
+    }
+
+    /// Nearly every line has an `"auth"` key: no built-in rule may lean on
+    /// such a literal, or every line becomes a candidate.
+    #[test]
+    fn builtin_literals_are_selective() {
+        let set = RuleSet::builtin().unwrap();
+        for r in set.rules() {
+            for l in r.literals.iter().flatten() {
+                for common in [
+                    "\"auth\"",
+                    "\"request\"",
+                    "\"response\"",
+                    "\"type\"",
+                    "\"time\"",
+                    "\"path\"",
+                ] {
+                    assert_ne!(l, common, "{}: literal {l} stands in every line", r.id);
+                }
+            }
+        }
     }
 
     #[test]

@@ -341,12 +341,17 @@ fn settled_map(input: &Input) -> Option<memmap2::Mmap> {
 /// line end; the unit owns the lines that start inside its range.
 fn scan_mapped(
     unit: &Unit,
-    data: &[u8],
+    map: &memmap2::Mmap,
     chunk: usize,
     analyzer: &Analyzer,
     send: &mut dyn FnMut(u64, Msg) -> bool,
 ) {
+    let data: &[u8] = map;
     let len = data.len();
+    // Pages already analysed are released as we go, so the resident set
+    // stays a few chunks whatever the file size.
+    let page = 4096usize;
+    let mut released = 0usize;
     let (from, to) = unit.range.unwrap_or((0, u64::MAX));
     let from = (from as usize).min(len);
     let to = usize::try_from(to).unwrap_or(usize::MAX).min(len);
@@ -404,6 +409,22 @@ fn scan_mapped(
             }
         }
         pos = cut;
+        let upto = pos / page * page;
+        if upto > released {
+            // SAFETY: a read-only private file map: DONTNEED only drops this
+            // process's page table entries; touching the pages again would
+            // fault the same file contents back in. Nothing below `pos` is
+            // read again (analysis of those bytes is done), and no slice into
+            // the range outlives this point.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    released,
+                    upto - released,
+                )
+            };
+            released = upto;
+        }
     }
     send(seq, Msg::End);
 }

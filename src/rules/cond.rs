@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use globset::{GlobBuilder, GlobMatcher};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::Regex;
 use serde::Deserialize;
 
@@ -75,7 +75,9 @@ pub enum Test {
     Equals(Scalar),
     Prefix(Vec<String>),
     Suffix(Vec<String>),
-    Glob(Vec<(String, GlobMatcher)>),
+    /// The patterns (for literals) and one set matching any of them
+    /// (globset picks literal, prefix and suffix strategies before a regex).
+    Glob(Vec<String>, GlobSet),
     Regex(Regex),
     In(Vec<String>),
     Contains(Vec<String>),
@@ -171,17 +173,21 @@ impl Cond {
         } else if let Some(v) = &def.suffix {
             Test::Suffix(v.clone().into_vec())
         } else if let Some(v) = &def.glob {
-            let mut globs = Vec::new();
-            for g in v.clone().into_vec() {
-                let m = GlobBuilder::new(&g)
-                    .literal_separator(true)
-                    .backslash_escape(true)
-                    .build()
-                    .map_err(|e| format!("glob {g:?}: {e}"))?
-                    .compile_matcher();
-                globs.push((g, m));
+            let globs = v.clone().into_vec();
+            let mut set = GlobSetBuilder::new();
+            for g in &globs {
+                set.add(
+                    GlobBuilder::new(g)
+                        .literal_separator(true)
+                        .backslash_escape(true)
+                        .build()
+                        .map_err(|e| format!("glob {g:?}: {e}"))?,
+                );
             }
-            Test::Glob(globs)
+            Test::Glob(
+                globs.clone(),
+                set.build().map_err(|e| format!("glob {globs:?}: {e}"))?,
+            )
         } else if let Some(r) = &def.regex {
             let re = regex::RegexBuilder::new(r)
                 .size_limit(REGEX_SIZE_LIMIT)
@@ -322,7 +328,19 @@ fn leaf_literals(field: &Field, test: &Test) -> Option<Vec<String>> {
             _ => esc(v),
         }
     };
-    let key = || field.json_key().map(|k| vec![format!("\"{k}\"")]);
+    // A key's literal: its name and closing quote. The opening quote is left
+    // out, and `a_b` keeps only `_b"`: the SIMD search fingerprints a
+    // pattern's first bytes, and `"po…`, `"no…` begin keys on every line.
+    let key = || {
+        field.json_key().map(|k| {
+            let tail = k
+                .find('_')
+                .map(|i| &k[i..])
+                .filter(|t| t.len() >= 5)
+                .unwrap_or(&k);
+            vec![format!("{tail}\"")]
+        })
+    };
     let usable = |lits: Vec<String>| -> Option<Vec<String>> {
         // Too short to narrow anything down (and an empty literal matches all).
         let body = |l: &String| l.trim_start_matches(ARRAY_ELEMENT).trim_matches('"').len();
@@ -341,10 +359,10 @@ fn leaf_literals(field: &Field, test: &Test) -> Option<Vec<String>> {
             // On a string a substring, on an object a key: the plain text covers both.
             _ => usable(list.iter().map(|v| esc(v)).collect()),
         },
-        Test::Glob(globs) => usable(
+        Test::Glob(globs, _) => usable(
             globs
                 .iter()
-                .map(|(g, _)| glob_literal(g).map(|l| esc(&l)))
+                .map(|g| glob_literal(g).map(|l| esc(&l)))
                 .collect::<Option<Vec<_>>>()?,
         ),
         Test::Regex(_) => None,
@@ -429,7 +447,7 @@ impl Test {
             Test::Equals(Scalar::Str(v)) => s == v,
             Test::Prefix(list) => list.iter().any(|p| s.starts_with(p.as_str())),
             Test::Suffix(list) => list.iter().any(|p| s.ends_with(p.as_str())),
-            Test::Glob(globs) => globs.iter().any(|(_, g)| g.is_match(s)),
+            Test::Glob(_, set) => set.is_match(s),
             Test::Regex(re) => re.is_match(s),
             Test::In(list) => list.iter().any(|v| v == s),
             Test::Contains(list) => list.iter().any(|v| s.contains(v.as_str())),

@@ -425,7 +425,7 @@ impl RuleSet {
 
 /// Fewer literals make the prefilter's SIMD search (Teddy) several times
 /// faster, without losing precision:
-/// 1. Literals sharing a stem of [`STEM`] bytes (after an opening quote), three
+/// 1. Literals sharing a stem of 4 bytes (after an opening quote), three
 ///    or more of them, are searched for as the stem (`sys/raw`, `"sys/rotate`,
 ///    `sys/generate-root/` → `sys/`), and a stem hit counts only when one of
 ///    the family's literals stands there (so `sys/internal/ui/mounts`, which

@@ -471,10 +471,31 @@ pub fn minimize_literals(literals: Vec<String>) -> Vec<prefilter::Pattern> {
     for l in literals {
         match stem_of(&l) {
             Some(st) if families[&st].len() >= 3 => {
-                if !out.iter().any(|p| p.text == st) {
+                // The family's whole common prefix (`auth/token/`, not
+                // `auth`, which stands in every line) keeps the search rare.
+                let members = &families[&st];
+                let bodies: Vec<&str> = members
+                    .iter()
+                    .map(|m| m.strip_prefix('"').unwrap_or(m))
+                    .collect();
+                let mut common = bodies[0].len();
+                for b in &bodies[1..] {
+                    common = common.min(
+                        bodies[0]
+                            .bytes()
+                            .zip(b.bytes())
+                            .take_while(|(x, y)| x == y)
+                            .count(),
+                    );
+                }
+                while !bodies[0].is_char_boundary(common) {
+                    common -= 1;
+                }
+                let text = bodies[0][..common.max(STEM)].to_owned();
+                if !out.iter().any(|p| p.text == text) {
                     out.push(prefilter::Pattern {
-                        members: families[&st].clone(),
-                        text: st,
+                        members: members.clone(),
+                        text,
                     });
                 }
             }

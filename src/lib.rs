@@ -29,8 +29,10 @@
 //! 5. [`replay`]: the offline mode.
 //! 6. [`listen`] and [`pipeline`]: the live mode and its never-block
 //!    pipeline; [`archive`]: the byte-for-byte fallback copy.
-//! 7. [`finding`] and [`output`]: what is reported and how it is written.
-//! 8. [`sink`]: delivering findings (stdout, files, webhooks, syslog) with
+//! 7. [`tail`]: following a file across logrotate (file identity,
+//!    checkpoints riding on pipeline markers).
+//! 8. [`finding`] and [`output`]: what is reported and how it is written.
+//! 9. [`sink`]: delivering findings (stdout, files, webhooks, syslog) with
 //!    queues, retries and an on-disk spool.
 //!
 //! ## When a queue is full
@@ -43,14 +45,19 @@
 //! | analysis → judge → output | block (backs up into analysis shedding, never into Vault) |
 
 pub mod analyze;
+pub mod app;
 pub mod archive;
+pub mod config;
 pub mod engine;
 pub mod finding;
 pub mod framing;
 pub mod listen;
+pub mod metrics;
 pub mod output;
 pub mod parse;
 pub mod pipeline;
 pub mod replay;
 pub mod rules;
 pub mod sink;
+pub mod suppress;
+pub mod tail;

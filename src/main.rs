@@ -20,6 +20,7 @@ use auditwatch::output::{FindingWriter, Format, OutputReport, OutputThread};
 use auditwatch::pipeline::{Backpressure, CountersSnapshot, Pipeline};
 use auditwatch::replay::{self, ReplayOptions};
 use auditwatch::rules::RuleSet;
+use auditwatch::tail::{self, StartFrom, TailConfig, TailCounters, Tailer};
 
 /// Watches HashiCorp Vault / OpenBao audit streams and reports privileged
 /// access, root tokens and failed logins.
@@ -36,6 +37,15 @@ enum Command {
     Replay(ReplayArgs),
     /// Receive Vault's socket audit device (tcp, unix, udp): archive, analyse, report.
     Listen(Box<ListenArgs>),
+    /// Follow a file audit device's log across logrotate; resume exactly after a restart.
+    Tail(Box<TailArgs>),
+    /// The service: listen and tail sources, rules, archive, sinks, metrics and health from one config file.
+    Run(RunArgs),
+    /// Validate a `run` configuration file, or print a complete example.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Check a fallback archive's manifest chain and segments; exit 1 on any problem.
     Verify {
         /// The archive directory (holds audit.log and manifest.jsonl).
@@ -216,6 +226,67 @@ struct ListenArgs {
     drain_timeout: Duration,
 }
 
+// ---- tail (begin) ----
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FromArg {
+    Beginning,
+    End,
+}
+
+#[derive(clap::Args)]
+#[command(mut_arg("archive", |a| a
+    .hide_default_value(true)
+    .help("Fallback archive directory (off unless given): every line read is appended byte for byte to DIR/audit.log")))]
+struct TailArgs {
+    /// The file to follow (the file audit device's `file_path`); a symlink is followed to its current target.
+    #[arg(value_name = "PATH")]
+    path: PathBuf,
+    /// Directory for the checkpoints (created 0700).
+    #[arg(long, value_name = "DIR", default_value = "auditwatch-data/tail-state")]
+    state: PathBuf,
+    /// Where a first start (no checkpoint) begins; ignored when a checkpoint exists.
+    #[arg(long, value_enum, default_value = "beginning")]
+    from: FromArg,
+    /// Rotated siblings to drain after a restart or a copytruncate (repeatable), e.g. '/var/log/vault/audit.log.*'.
+    #[arg(long, value_name = "GLOB")]
+    rotated: Vec<String>,
+    /// Look at the file at least this often (inotify only wakes it earlier).
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// Persist the position this often (once the lines it covers are durable).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    checkpoint_interval: Duration,
+    /// Keep a rotated-away or deleted file open until it was quiet this long at its end.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    rotate_wait: Duration,
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    #[command(flatten)]
+    rules: RulesArgs,
+    /// Strip Vault's `prefix` from lines before parsing (the archive keeps it).
+    #[arg(long, value_name = "PREFIX")]
+    strip_prefix: Option<String>,
+    /// Longest line kept whole; longer ones are archived and counted, not analysed.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
+    max_line_bytes: usize,
+    /// Findings format.
+    #[arg(long, value_enum, default_value = "json")]
+    format: Format,
+    /// Write findings here instead of stdout (appended to).
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// At exit, write the run's counters as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
+    /// Analysis threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// On SIGTERM/SIGINT, give up draining after this long (exit 1).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+}
+// ---- tail (end) ----
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     auditwatch::rules::parse_duration(s)
 }
@@ -249,20 +320,35 @@ fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(io::stderr)
-        .with_ansi(io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AUDITWATCH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `run` installs its own logging (human or JSON, from its config).
+    if !matches!(cli.command, Command::Run(_)) {
+        tracing_subscriber::fmt()
+            .with_writer(io::stderr)
+            .with_ansi(io::stderr().is_terminal())
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("AUDITWATCH_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .init();
+    }
     let result = match cli.command {
         Command::Replay(args) => run_replay(args),
         Command::Rules { command } => run_rules(command),
         Command::Listen(args) => run_listen(*args),
         Command::Verify { dir } => run_verify(&dir),
+        Command::Tail(args) => {
+            // tail keeps no archive unless --archive is given.
+            let archive_given = matches
+                .subcommand_matches("tail")
+                .and_then(|m| m.value_source("archive"))
+                == Some(clap::parser::ValueSource::CommandLine);
+            run_tail(*args, archive_given)
+        }
+        Command::Run(args) => run_service(args),
+        Command::Config { command } => run_config(command),
     };
     match result {
         Ok(code) => code,
@@ -633,3 +719,284 @@ fn run_listen(args: ListenArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+// ---- tail (begin) ----
+#[derive(serde::Serialize)]
+struct TailStatsDoc<'a> {
+    #[serde(flatten)]
+    stats: &'a Stats,
+    tail: tail::TailStats,
+    pipeline: &'a CountersSnapshot,
+    archive: Option<archive::ArchiveStats>,
+    elapsed_seconds: f64,
+}
+
+fn run_tail(args: TailArgs, archive_given: bool) -> Result<ExitCode> {
+    let rules = Arc::new(load_rules(&args.rules)?);
+    let counters = Arc::new(TailCounters::default());
+    let mut cfg = TailConfig::new(&args.path, &args.state);
+    cfg.from = match args.from {
+        FromArg::Beginning => StartFrom::Beginning,
+        FromArg::End => StartFrom::End,
+    };
+    cfg.rotated = args.rotated.clone();
+    cfg.poll_interval = args.poll_interval;
+    cfg.checkpoint_interval = args.checkpoint_interval;
+    cfg.rotate_wait = args.rotate_wait;
+    cfg.max_line = args.max_line_bytes;
+    let mut tailer = Tailer::open(cfg, counters.clone())
+        .with_context(|| format!("cannot follow {}", args.path.display()))?;
+    let archive = match args.archive.config().filter(|_| archive_given) {
+        Some(c) => {
+            let dir = c.dir.clone();
+            Some(
+                Archive::open(c)
+                    .with_context(|| format!("cannot open the archive in {}", dir.display()))?,
+            )
+        }
+        None => None,
+    };
+    let to_terminal = args.output.is_none() && io::stdout().is_terminal();
+    let out: Box<dyn Write + Send> = match &args.output {
+        Some(p) => Box::new(io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("cannot open {}", p.display()))?,
+        )),
+        None => Box::new(io::BufWriter::new(io::stdout())),
+    };
+    let mut writer = FindingWriter::new(out, args.format, to_terminal, true);
+    // A corrupt checkpoint is reported through the same output, first.
+    let startup = tailer.take_findings();
+    for f in &startup {
+        writer.write(f).context("writing findings")?;
+    }
+    let mut analyzer = Analyzer::new(rules, false, args.max_line_bytes);
+    if let Some(p) = &args.strip_prefix {
+        analyzer = analyzer.with_prefix(p);
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| ReplayOptions::default().threads)
+        .max(1);
+    let failed = counters.clone();
+    let pipeline = Pipeline::start(
+        archive,
+        analyzer,
+        threads,
+        Backpressure::Wait,
+        Box::new(move |f| {
+            let r = writer.write(f);
+            if r.is_err() {
+                failed.output_failed.store(true, Ordering::Relaxed);
+            }
+            r
+        }),
+    );
+    eprintln!(
+        "auditwatch tail: following {} ({}; checkpoint {}; archive {})",
+        args.path.display(),
+        if tailer.first_start() {
+            "first start"
+        } else {
+            "resuming"
+        },
+        tailer.checkpoint_file().display(),
+        if archive_given && !args.archive.no_archive {
+            args.archive.archive.display().to_string()
+        } else {
+            "off".into()
+        }
+    );
+    tailer.on_caught_up(Box::new(|s| {
+        eprintln!("auditwatch tail: caught up: {s}");
+    }));
+    let mut wake = tail::watch::Wake::new(counters.clone());
+    wake.watch_path(&args.path);
+    let wake_rx = wake.receiver().clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let waker = wake.sender();
+        let reopen = pipeline.reopen.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+                        signal(SignalKind::terminate()),
+                        signal(SignalKind::interrupt()),
+                        signal(SignalKind::hangup()),
+                    ) else {
+                        tracing::error!("cannot install signal handlers");
+                        return;
+                    };
+                    loop {
+                        tokio::select! {
+                            _ = term.recv() => {}
+                            _ = int.recv() => {}
+                            _ = hup.recv() => {
+                                reopen.store(true, Ordering::Relaxed);
+                                continue;
+                            }
+                        }
+                        if stop.swap(true, Ordering::Relaxed) {
+                            eprintln!("auditwatch tail: second signal, exiting at once");
+                            std::process::exit(130);
+                        }
+                        eprintln!("auditwatch tail: stopping: writing the final checkpoint");
+                        let _ = waker.try_send(());
+                    }
+                })
+            })?;
+    }
+    eprintln!("auditwatch tail: ready");
+    let started = Instant::now();
+    let mut last_watch = Instant::now();
+    tail::run(&mut tailer, &pipeline.ingest, &wake_rx, &stop, |_| {
+        if counters.output_failed.load(Ordering::Relaxed) {
+            stop.store(true, Ordering::Relaxed);
+        }
+        if last_watch.elapsed() >= Duration::from_secs(1) {
+            // A symlinked path may now point into another directory.
+            last_watch = Instant::now();
+            wake.watch_path(&args.path);
+        }
+    });
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(pipeline.finish());
+    });
+    let mut outcome = match done_rx.recv_timeout(args.drain_timeout) {
+        Ok(r) => r.context("writing findings")?,
+        Err(_) => {
+            eprintln!(
+                "auditwatch tail: the pipeline did not drain within {:?} (a stuck findings output?); exiting",
+                args.drain_timeout
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for f in &startup {
+        outcome.stats.findings += 1;
+        *outcome
+            .stats
+            .findings_by_rule
+            .entry(f.rule.clone())
+            .or_default() += 1;
+        *outcome
+            .stats
+            .findings_by_severity
+            .entry(f.severity.as_str().to_owned())
+            .or_default() += 1;
+    }
+    let t = counters.snapshot();
+    let doc = TailStatsDoc {
+        stats: &outcome.stats,
+        tail: t.clone(),
+        pipeline: &outcome.counters,
+        archive: outcome.archive,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+    };
+    if let Some(p) = &args.stats_json {
+        let text = serde_json::to_string_pretty(&doc)?;
+        std::fs::write(p, text + "\n").with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    eprintln!(
+        "auditwatch tail: {} lines ({:.1} MB) read from {} files, {} findings, {} rotations, {} truncations, {} fragments, {} checkpoints written",
+        t.lines_read,
+        t.bytes_read as f64 / 1e6,
+        t.files_opened + t.rotated_files_drained,
+        outcome.stats.findings,
+        t.rotations_detected,
+        t.truncations_detected,
+        t.fragments,
+        t.checkpoints_written
+    );
+    if counters.output_failed.load(Ordering::Relaxed) {
+        anyhow::bail!("writing findings failed; the checkpoint was not moved past them");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+// ---- tail (end) ----
+
+// ---- run (begin) ----
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The configuration file (TOML; `auditwatch config example` prints a complete one).
+    /// Without it: listen on tcp 127.0.0.1:9090, the built-in rules, findings to stdout, the
+    /// archive in ./auditwatch-data, metrics on 127.0.0.1:9102.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file and the rules it names (`-` reads stdin); exit 1 when invalid.
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print a complete, commented configuration.
+    Example,
+    /// Print the embedded default (what `auditwatch run` uses without --config).
+    Default,
+}
+
+fn run_service(args: RunArgs) -> Result<ExitCode> {
+    let code = auditwatch::app::run(auditwatch::app::RunOptions {
+        config: args.config,
+    })?;
+    Ok(ExitCode::from(code))
+}
+
+fn run_config(cmd: ConfigCommand) -> Result<ExitCode> {
+    use auditwatch::config::{Config, DEFAULT_CONFIG, EXAMPLE};
+    match cmd {
+        ConfigCommand::Example => {
+            print!("{EXAMPLE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        ConfigCommand::Default => {
+            print!("{DEFAULT_CONFIG}");
+            Ok(ExitCode::SUCCESS)
+        }
+        ConfigCommand::Check { file } => {
+            let cfg = match Config::load(&file) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("auditwatch config: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            for v in &cfg.missing_env {
+                eprintln!(
+                    "auditwatch config: warning: environment variable {v} is not set here (auditwatch run needs it)"
+                );
+            }
+            let rules = match RuleSet::load(cfg.patterns.as_deref()) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("auditwatch config: {}: rules: {e}", cfg.origin);
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            println!(
+                "{}: valid: {} sources ({}), {} sinks, {} rules",
+                cfg.origin,
+                cfg.sources.len(),
+                cfg.source_names().join(", "),
+                cfg.sinks.len(),
+                rules.rules().len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+// ---- run (end) ----

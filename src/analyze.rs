@@ -150,6 +150,14 @@ impl Analyzer {
         &self.rules
     }
 
+    /// The same analyzer with other rules (a reload).
+    pub fn with_rules(&self, rules: Arc<RuleSet>) -> Analyzer {
+        Analyzer {
+            rules,
+            ..self.clone()
+        }
+    }
+
     /// Analyses a block of complete lines (the last may lack its newline).
     pub fn scan_block(&self, block: &[u8]) -> BlockResult {
         let mut out = BlockResult {

@@ -30,9 +30,8 @@
 //!   the running configuration kept. Applied live: sinks (those whose table changed are
 //!   restarted; a network sink spools what is queued and the new one replays it), suppression,
 //!   merge window, log level, drain timeout. Sources, archive settings, analysis settings and
-//!   the metrics address need a restart (a warning says so). Rules are validated, but a
-//!   running [`Pipeline`] cannot swap its rule set yet: changed rules are reported as pending
-//!   (`auditwatch_rules_reload_pending`) and apply at the next restart.
+//!   the metrics address need a restart (a warning says so). Changed rules go into every
+//!   running [`Pipeline`] ([`Pipeline::set_rules`]).
 //! * **Shutdown** (SIGTERM/SIGINT): stop accepting, drain connections and files (final
 //!   checkpoints), finish analysis, report open suppression windows, deliver or spool what
 //!   the sinks hold; all within `shutdown.drain_timeout` (exit 1 when it is exceeded). A
@@ -162,35 +161,28 @@ fn announce(format: LogFormat, msg: &str) {
 
 // ------------------------------------------------------------------------- pipeline support
 
-/// Live counters of a running pipeline that [`Pipeline`] does not expose yet: the archive's
-/// counters (bytes, rotations, dropped bytes) and the judge's parse errors. Until it does,
-/// metrics leave them out and the archive's health rests on its filesystem's free space.
-/// (Needed in `pipeline.rs`: a shared slot the archive thread refreshes on its 100 ms tick
-/// and the judge thread after each block.)
-#[derive(Clone, Default)]
-struct PipelineLive;
+/// Live counters of a running pipeline: the archive's and the judge's.
+#[derive(Clone)]
+struct PipelineLive(Arc<Mutex<pipeline::LiveStats>>);
 
 impl PipelineLive {
-    fn of(_p: &Pipeline) -> PipelineLive {
-        PipelineLive
+    fn of(p: &Pipeline) -> PipelineLive {
+        PipelineLive(p.live.clone())
     }
 
     fn archive(&self) -> Option<ArchiveStats> {
-        None
+        lock(&self.0).archive
     }
 
     fn parse_errors(&self) -> Option<u64> {
-        None
+        Some(lock(&self.0).parse_errors)
     }
 }
 
-/// Puts new rules into a running pipeline; false when the pipeline cannot (today: the
-/// analyzer's and judge's `Arc<RuleSet>` are fixed at `Pipeline::start`). Needed in
-/// `pipeline.rs`: the workers read the analyzer from an `RwLock` per block and send the
-/// `Arc<RuleSet>` they used with the result; the judge switches to it (clearing its
-/// throttle state, whose keys are rule indices) when it differs from its own.
-fn swap_rules(_p: &Pipeline, _rules: &Arc<RuleSet>) -> bool {
-    false
+/// Puts new rules into a running pipeline (blocks already analysed keep theirs).
+fn swap_rules(p: &Pipeline, rules: &Arc<RuleSet>) -> bool {
+    p.set_rules(rules.clone());
+    true
 }
 
 // ------------------------------------------------------------------------- sinks

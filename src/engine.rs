@@ -173,6 +173,34 @@ impl Judge {
         &self.rules
     }
 
+    /// Switches to another rule set (a reload). Throttle and window state follow the rules by
+    /// id; the state of rules that are gone is dropped.
+    pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
+        let new_ids: HashMap<&str, usize> = rules
+            .rules()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.as_str(), i))
+            .collect();
+        let map: HashMap<usize, usize> = self
+            .rules
+            .rules()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| new_ids.get(r.id.as_str()).map(|&j| (i, j)))
+            .collect();
+        self.throttle = std::mem::take(&mut self.throttle)
+            .into_iter()
+            .filter_map(|((i, k), t)| map.get(&i).map(|&j| ((j, k), t)))
+            .collect();
+        self.windows = std::mem::take(&mut self.windows)
+            .into_iter()
+            .filter_map(|(i, w)| map.get(&i).map(|&j| (j, w)))
+            .collect();
+        drop(new_ids);
+        self.rules = rules;
+    }
+
     /// Takes one analysed block of `pos`'s stream, starting at byte
     /// `offset`, and calls `emit` for every finding to report, in order.
     /// `tail` marks an unterminated final line: counted as truncated, still

@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -31,6 +31,7 @@ use crate::archive::{Archive, ArchiveStats};
 use crate::engine::{Judge, LocatedError, Stats, StreamPos, ERRORS_KEPT};
 use crate::finding::{Finding, SourceKind};
 use crate::framing::Block;
+use crate::rules::RuleSet;
 
 /// How long a source may wait for room in the ingest queue before it sheds.
 pub const INGEST_WAIT: Duration = Duration::from_millis(5);
@@ -209,6 +210,19 @@ pub struct CountersSnapshot {
     pub archive_spool_dropped_bytes: u64,
 }
 
+/// Counters of a running pipeline that only its threads know, for metrics and health:
+/// refreshed by the archive thread on its tick and by the judge after each block.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LiveStats {
+    pub archive: Option<ArchiveStats>,
+    pub entries: u64,
+    pub parse_errors: u64,
+    pub invalid_json: u64,
+    pub invalid_utf8: u64,
+    pub findings: u64,
+    pub suppressed: u64,
+}
+
 /// Sends a frame without ever blocking for long: retries for at most
 /// [`INGEST_WAIT`] (async sleeps), then sheds and counts it.
 pub async fn send_ingest(tx: &Sender<Ingest>, mut msg: Ingest, counters: &Counters) {
@@ -277,6 +291,8 @@ enum Judged {
         lines_before: u64,
         offset: u64,
         result: BlockResult,
+        /// The rules the block was analysed with (hit indices refer to them).
+        rules: Arc<RuleSet>,
     },
     Marker(Marker),
 }
@@ -290,6 +306,9 @@ pub struct Pipeline {
     pub counters: Arc<Counters>,
     /// Set to ask the archive to reopen its file (SIGHUP).
     pub reopen: Arc<AtomicBool>,
+    /// Live counters (see [`LiveStats`]).
+    pub live: Arc<Mutex<LiveStats>>,
+    analyzer: Arc<RwLock<Analyzer>>,
     archive_thread: std::thread::JoinHandle<Option<ArchiveStats>>,
     workers: Vec<std::thread::JoinHandle<()>>,
     judge_thread: std::thread::JoinHandle<std::io::Result<Stats>>,
@@ -313,6 +332,9 @@ impl Pipeline {
     ) -> Pipeline {
         let counters = Arc::new(Counters::default());
         let reopen = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(Mutex::new(LiveStats::default()));
+        let rules = analyzer.rules().clone();
+        let analyzer = Arc::new(RwLock::new(analyzer));
         let (ingest_tx, ingest_rx) = bounded::<Ingest>(INGEST_QUEUE);
         let (job_tx, job_rx) = bounded::<Job>(ANALYSIS_QUEUE);
         let (done_tx, done_rx) = bounded::<Done>(ANALYSIS_QUEUE);
@@ -320,10 +342,19 @@ impl Pipeline {
         let archive_thread = {
             let counters = counters.clone();
             let reopen = reopen.clone();
+            let live = live.clone();
             std::thread::Builder::new()
                 .name("archive".into())
                 .spawn(move || {
-                    archive_stage(archive, ingest_rx, job_tx, &counters, &reopen, backpressure)
+                    archive_stage(
+                        archive,
+                        ingest_rx,
+                        job_tx,
+                        &counters,
+                        &reopen,
+                        &live,
+                        backpressure,
+                    )
                 })
                 .expect("spawn archive thread")
         };
@@ -331,7 +362,7 @@ impl Pipeline {
             .map(|i| {
                 let rx = job_rx.clone();
                 let tx = done_tx.clone();
-                let analyzer = analyzer.clone();
+                let shared = analyzer.clone();
                 std::thread::Builder::new()
                     .name(format!("analyze-{i}"))
                     .spawn(move || {
@@ -342,12 +373,17 @@ impl Pipeline {
                                     lines_before,
                                     offset,
                                     block,
-                                } => Judged::Block {
-                                    result: analyzer.scan_block(&block),
-                                    source,
-                                    lines_before,
-                                    offset,
-                                },
+                                } => {
+                                    let analyzer =
+                                        shared.read().unwrap_or_else(|p| p.into_inner()).clone();
+                                    Judged::Block {
+                                        result: analyzer.scan_block(&block),
+                                        rules: analyzer.rules().clone(),
+                                        source,
+                                        lines_before,
+                                        offset,
+                                    }
+                                }
                                 Work::Marker(m) => Judged::Marker(m),
                             };
                             if tx.send(Done { seq: job.seq, work }).is_err() {
@@ -361,7 +397,7 @@ impl Pipeline {
         drop(done_tx);
         let judge_thread = {
             let counters = counters.clone();
-            let rules = analyzer.rules().clone();
+            let live = live.clone();
             std::thread::Builder::new()
                 .name("judge".into())
                 .spawn(move || {
@@ -384,7 +420,13 @@ impl Pipeline {
                                     lines_before,
                                     offset,
                                     result,
-                                } => (source, lines_before, offset, result),
+                                    rules,
+                                } => {
+                                    if !Arc::ptr_eq(judge.rules(), &rules) {
+                                        judge.set_rules(rules);
+                                    }
+                                    (source, lines_before, offset, result)
+                                }
                             };
                             let mut pos = StreamPos {
                                 kind: source.kind,
@@ -402,6 +444,15 @@ impl Pipeline {
                                     }
                                 }
                             });
+                            if let Ok(mut l) = live.lock() {
+                                let s = &judge.stats;
+                                l.entries = s.entries;
+                                l.parse_errors = s.parse_errors;
+                                l.invalid_json = s.invalid_json;
+                                l.invalid_utf8 = s.invalid_utf8;
+                                l.findings = s.findings;
+                                l.suppressed = s.suppressed;
+                            }
                         }
                     }
                     match write_err {
@@ -415,10 +466,19 @@ impl Pipeline {
             ingest: ingest_tx,
             counters,
             reopen,
+            live,
+            analyzer,
             archive_thread,
             workers,
             judge_thread,
         }
+    }
+
+    /// Rules for the blocks analysed from now on (a reload); blocks already analysed are judged
+    /// with the rules they were analysed with. Throttle and window state carry over by rule id.
+    pub fn set_rules(&self, rules: Arc<RuleSet>) {
+        let mut a = self.analyzer.write().unwrap_or_else(|p| p.into_inner());
+        *a = a.with_rules(rules);
     }
 
     /// Waits for every stage to drain (the ingest senders must all be dropped).
@@ -462,6 +522,7 @@ fn archive_stage(
     jobs: Sender<Job>,
     counters: &Counters,
     reopen: &AtomicBool,
+    live: &Mutex<LiveStats>,
     backpressure: Backpressure,
 ) -> Option<ArchiveStats> {
     let mut lines_before: HashMap<u64, u64> = HashMap::new();
@@ -591,6 +652,9 @@ fn archive_stage(
                     }
                 }
                 a.tick(last_tick);
+                if let Ok(mut l) = live.lock() {
+                    l.archive = Some(a.stats());
+                }
             }
         }
     }

@@ -644,6 +644,96 @@ fn sighup_applies_a_valid_file_and_rejects_an_invalid_one() {
     }
 }
 
+#[test]
+fn sighup_swaps_the_rules_of_running_pipelines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let rules = dir.join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    let cfg = dir.join("aw.toml");
+    let out = dir.join("out.jsonl");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{data}\"\n[rules]\npatterns = \"{rules}\"\n[[sources]]\nname = \"socket\"\n\
+             type = \"listen\"\ntcp = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [[sinks]]\nname = \"out\"\ntype = \"file\"\npath = \"{out}\"\n",
+            data = dir.join("data").display(),
+            rules = rules.display(),
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(bin());
+    c.current_dir(dir)
+        .arg("run")
+        .arg("-c")
+        .arg(&cfg)
+        .env_remove("AUDITWATCH_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut svc = Proc::new("auditwatch run (rules)", c.spawn().expect("spawn"));
+    let mut err = Lines::spawn(svc.child.stderr.take().unwrap());
+    let listen_line = err.wait_for("listening on tcp ", START_TIMEOUT);
+    let addr = listen_line
+        .split("tcp ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let metrics_line = err.wait_for("metrics on http://", START_TIMEOUT);
+    let maddr = metrics_line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap()
+        .to_string();
+    err.wait_for("ready", START_TIMEOUT);
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    writeln!(conn, "{}", raw_entry("req-0")).unwrap();
+    wait_until("the critical finding", WAIT, || {
+        raw_findings(&out).len() == 1
+    });
+    assert_eq!(raw_findings(&out)[0]["severity"], "critical");
+
+    // the built-in rule replaced by one of severity low
+    let pack = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("patterns/privileged.toml"),
+    )
+    .unwrap();
+    let start = pack.find("id = \"privileged.raw_storage\"").unwrap();
+    let start = pack[..start].rfind("[[rule]]").unwrap();
+    let end = start + 8 + pack[start + 8..].find("[[rule]]").unwrap();
+    let rule = pack[start..end].replace("severity = \"critical\"", "severity = \"low\"");
+    std::fs::write(rules.join("raw.toml"), rule).unwrap();
+    svc.signal(libc::SIGHUP);
+    let done = err.wait_for("configuration reloaded", WAIT);
+    assert!(done.contains("rules"), "{done}");
+    writeln!(conn, "{}", raw_entry("req-1")).unwrap();
+    wait_until("the finding under the new rules", WAIT, || {
+        raw_findings(&out).len() == 2
+    });
+    assert_eq!(raw_findings(&out)[1]["severity"], "low");
+    let metrics = scrape(&maddr);
+    assert_eq!(m(&metrics, "auditwatch_rules_reload_pending"), 0.0);
+    assert_eq!(
+        m(
+            &metrics,
+            "auditwatch_source_parse_errors_total{source=\"socket\",type=\"listen\"}"
+        ),
+        0.0
+    );
+    wait_until("the archive's live counters", WAIT, || {
+        scrape(&maddr).get("auditwatch_archive_lines_total{source=\"socket\"}") == Some(&2.0)
+    });
+    drop(conn);
+    svc.signal(libc::SIGTERM);
+    let st = svc.wait_timeout(STOP_TIMEOUT).expect("exit after SIGTERM");
+    err.join(STOP_TIMEOUT);
+    assert_eq!(st.code(), Some(0), "{}", err.snapshot().join("\n"));
+}
+
 // ------------------------------------------------------------------ OpenBao end to end
 
 fn find_bao() -> Option<PathBuf> {

@@ -28,7 +28,11 @@ pub struct Hit {
     pub line_idx: u64,
     /// Byte offset of the line within the block.
     pub offset: u64,
-    pub finding: Finding,
+    /// The finding; `None` for throttled rules, whose findings are mostly
+    /// held back: the judge builds it from `raw` only when it is reported.
+    pub finding: Option<Finding>,
+    /// The entry's bytes, kept for throttled rules (see `finding`).
+    pub raw: Option<Box<[u8]>>,
     /// Throttle key, when the rule has a throttle.
     pub throttle_key: Option<String>,
     /// Entry time in unix nanoseconds, when it parses.
@@ -95,6 +99,13 @@ pub struct BlockResult {
     pub invalid_json: u64,
     /// Lines longer than the maximum that arrived whole in one block.
     pub oversize: u64,
+    /// Hits of throttled rules dropped here: a repeat, within this block, of
+    /// a (rule, key, window bucket) that has a hit already (the judge would
+    /// hold it back whatever it decides for the first).
+    pub suppressed: u64,
+    /// (rule, throttle key, bucket) of this block's throttled hits.
+    #[doc(hidden)]
+    pub throttled: std::collections::HashSet<(usize, String, i64)>,
     pub hits: Vec<Hit>,
     /// The first [`ERRORS_KEPT_PER_BLOCK`] errors, located.
     pub errors: Vec<LineError>,
@@ -288,13 +299,25 @@ impl Analyzer {
                     (complete.then_some(key), distinct)
                 }
             };
+            let time_ns = entry.time.as_deref().and_then(parse::parse_time_nanos);
+            if let (Some(t), Some(key), Some(now)) = (&rule.throttle, &throttle_key, time_ns) {
+                let bucket = now.div_euclid(t.window.as_nanos().max(1) as i64);
+                if !out.throttled.insert((rule_idx, key.clone(), bucket)) {
+                    out.suppressed += 1;
+                    continue;
+                }
+            }
             out.hits.push(Hit {
                 rule: rule_idx,
                 line_idx: idx,
                 offset,
-                finding: build_finding(rule, entry, raw),
+                finding: rule
+                    .throttle
+                    .is_none()
+                    .then(|| build_finding(rule, entry, raw)),
+                raw: rule.throttle.is_some().then(|| raw.into()),
                 throttle_key,
-                time_ns: entry.time.as_deref().and_then(parse::parse_time_nanos),
+                time_ns,
                 role,
                 group,
                 distinct,

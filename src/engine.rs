@@ -147,7 +147,7 @@ impl WindowState {
 /// The ordered, stateful stage. One per run (replay) or per service.
 pub struct Judge {
     rules: Arc<RuleSet>,
-    /// (rule index, key) → entry time (ns) of the last reported finding.
+    /// (rule index, key) → window bucket of the last reported finding.
     throttle: HashMap<(usize, String), i64>,
     /// Per window rule: group key → its window.
     windows: HashMap<usize, HashMap<String, WindowState>>,
@@ -218,6 +218,7 @@ impl Judge {
         s.entries += result.entries;
         s.bytes += result.bytes;
         s.candidates += result.candidates;
+        s.suppressed += result.suppressed;
         if tail {
             if result.entries > 0 {
                 self.stats.record_error(LocatedError {
@@ -254,29 +255,38 @@ impl Judge {
                 let Some(detail) = self.window_event(hit.rule, w, &hit, &pos.name, line) else {
                     continue;
                 };
-                hit.finding.detail.insert("window".into(), detail);
+                if let Some(f) = hit.finding.as_mut() {
+                    f.detail.insert("window".into(), detail);
+                }
             } else if hit.role == Role::Trigger {
                 continue;
             }
             let rule = self.rules.get(hit.rule);
             if let (Some(t), Some(key), Some(now)) = (&rule.throttle, hit.throttle_key, hit.time_ns)
             {
-                let window = t.window.as_nanos() as i64;
+                // One finding per key per window of entry time, windows
+                // aligned to the clock (`1h`: each clock hour), so the
+                // analysis threads can drop repeats inside a block on their
+                // own. A late entry of an earlier window counts as a repeat.
+                let bucket = now.div_euclid(t.window.as_nanos().max(1) as i64);
                 let slot = (hit.rule, key);
-                if let Some(&last) = self.throttle.get(&slot) {
-                    // Entries may arrive slightly out of order: a finding
-                    // within the window on either side is a repeat.
-                    if (now - last).abs() < window {
-                        self.stats.suppressed += 1;
-                        continue;
-                    }
+                if self.throttle.get(&slot).is_some_and(|&last| bucket <= last) {
+                    self.stats.suppressed += 1;
+                    continue;
                 }
                 if self.throttle.len() >= THROTTLE_KEYS_MAX {
                     evict_stalest(&mut self.throttle);
                 }
-                self.throttle.insert(slot, now);
+                self.throttle.insert(slot, bucket);
             }
-            let mut f = hit.finding;
+            let built = match (hit.finding, hit.raw) {
+                (Some(f), _) => Some(f),
+                (None, Some(raw)) => crate::parse::parse_line(&raw)
+                    .ok()
+                    .map(|e| crate::analyze::build_finding(rule, &e, &raw)),
+                (None, None) => None,
+            };
+            let Some(mut f) = built else { continue };
             f.source = SourceRef {
                 kind: pos.kind,
                 name: pos.name.clone(),
@@ -342,7 +352,7 @@ impl Judge {
         st.events.push_back(WindowEvent {
             time_ns: now,
             distinct: hit.distinct.as_ref().map(|d| self.hasher.hash_one(d)),
-            time: hit.finding.time.clone(),
+            time: hit.finding.as_ref().and_then(|f| f.time.clone()),
             source: source.to_owned(),
             line,
         });
@@ -420,7 +430,7 @@ fn window_detail(
         "count": measure,
         "distinct": w.distinct.as_ref().map(|(n, _)| n),
         "first": first.map(|e| entry(&e.time, &e.source, e.line)),
-        "last": entry(&hit.finding.time, source, line),
+        "last": entry(&hit.finding.as_ref().and_then(|f| f.time.clone()), source, line),
     })
 }
 

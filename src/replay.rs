@@ -252,7 +252,9 @@ pub fn replay(
     let threads = opts.threads.max(1);
     let units = Arc::new(plan_units(inputs, threads));
     let pool = BufPool::new(opts.read_size, threads * 4);
-    let (msg_tx, msg_rx) = bounded::<Envelope>(1024);
+    // A few results per thread: results wait here only while the collector
+    // catches up, and bounding them bounds memory.
+    let (msg_tx, msg_rx) = bounded::<Envelope>(threads * 8);
     let analyzer = Analyzer::new(rules.clone(), opts.strict, opts.max_line);
     let next_unit = Arc::new(AtomicUsize::new(0));
     let inputs_arc: Arc<Vec<Input>> = Arc::new(inputs.to_vec());

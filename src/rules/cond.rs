@@ -75,9 +75,10 @@ pub enum Test {
     Equals(Scalar),
     Prefix(Vec<String>),
     Suffix(Vec<String>),
-    /// The patterns (for literals) and one set matching any of them
-    /// (globset picks literal, prefix and suffix strategies before a regex).
-    Glob(Vec<String>, GlobSet),
+    /// The patterns (for literals), one set matching any of them, and the
+    /// literal prefixes every match must start with (`None` when a pattern
+    /// starts with a wildcard): a cheap reject before globset.
+    Glob(Vec<String>, GlobSet, Option<Vec<String>>),
     Regex(Regex),
     In(Vec<String>),
     Contains(Vec<String>),
@@ -184,9 +185,17 @@ impl Cond {
                         .map_err(|e| format!("glob {g:?}: {e}"))?,
                 );
             }
+            let prefixes: Option<Vec<String>> = globs
+                .iter()
+                .map(|g| {
+                    let end = g.find(['*', '?', '[', '{', '\\']).unwrap_or(g.len());
+                    (end > 0).then(|| g[..end].to_owned())
+                })
+                .collect();
             Test::Glob(
                 globs.clone(),
                 set.build().map_err(|e| format!("glob {globs:?}: {e}"))?,
+                prefixes,
             )
         } else if let Some(r) = &def.regex {
             let re = regex::RegexBuilder::new(r)
@@ -359,7 +368,7 @@ fn leaf_literals(field: &Field, test: &Test) -> Option<Vec<String>> {
             // On a string a substring, on an object a key: the plain text covers both.
             _ => usable(list.iter().map(|v| esc(v)).collect()),
         },
-        Test::Glob(globs, _) => usable(
+        Test::Glob(globs, _, _) => usable(
             globs
                 .iter()
                 .map(|g| glob_literal(g).map(|l| esc(&l)))
@@ -447,7 +456,12 @@ impl Test {
             Test::Equals(Scalar::Str(v)) => s == v,
             Test::Prefix(list) => list.iter().any(|p| s.starts_with(p.as_str())),
             Test::Suffix(list) => list.iter().any(|p| s.ends_with(p.as_str())),
-            Test::Glob(_, set) => set.is_match(s),
+            Test::Glob(_, set, prefixes) => {
+                prefixes
+                    .as_ref()
+                    .is_none_or(|p| p.iter().any(|p| s.starts_with(p.as_str())))
+                    && set.is_match(s)
+            }
             Test::Regex(re) => re.is_match(s),
             Test::In(list) => list.iter().any(|v| v == s),
             Test::Contains(list) => list.iter().any(|v| s.contains(v.as_str())),

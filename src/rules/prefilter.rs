@@ -160,7 +160,7 @@ fn cached(
     search: impl FnOnce(usize) -> Option<usize>,
 ) -> Option<usize> {
     match *slot {
-        Some((start, hit)) if start <= from && hit.map_or(true, |h| h >= from) => hit,
+        Some((start, hit)) if start <= from && hit.is_none_or(|h| h >= from) => hit,
         _ => {
             let hit = search(from);
             *slot = Some((from, hit));

@@ -41,7 +41,7 @@ fn line(seq: u64, len: usize, rng: &mut Rng) -> Vec<u8> {
         .into_bytes();
     while v.len() + 3 < len {
         let r = rng.next();
-        v.push(if r % 61 == 0 {
+        v.push(if r.is_multiple_of(61) {
             0xff
         } else {
             (r % 95 + 32) as u8

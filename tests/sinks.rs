@@ -654,7 +654,7 @@ fn webhook_outage_spools_then_recovers_without_slowing_local_sink() {
         .find(|h| h.name == "hook")
         .unwrap();
     assert!(
-        h.reason.as_deref().map_or(true, |r| r.contains("dropping")),
+        h.reason.as_deref().is_none_or(|r| r.contains("dropping")),
         "{h:?}"
     );
     let stats = sinks.shutdown(Duration::from_secs(5));

@@ -74,7 +74,7 @@ pub fn entry_of_len(seq: u64, len: usize) -> Vec<u8> {
         .matches(&format!("\"{id}\""))
         .count();
     assert!(
-        len >= base && (len - base) % occurrences == 0,
+        len >= base && (len - base).is_multiple_of(occurrences),
         "cannot pad to {len}"
     );
     let pad = "-".to_owned() + &"x".repeat((len - base) / occurrences - 1);

@@ -299,23 +299,12 @@ fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
     }
 }
 
-/// `16MiB`, `512KiB`, `1GiB`, `1000` (bytes).
+/// `16MiB`, `512KiB`, `1GiB`, `1000` (bytes), positive.
 fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("bad size {s:?} (e.g. 16MiB)"))?;
-    let mult = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        _ => return Err(format!("bad size unit in {s:?} (B, KiB, MiB, GiB)")),
-    };
-    n.checked_mul(mult)
-        .filter(|v| *v > 0)
+    auditwatch::config::parse_size(s)?
+        .try_into()
+        .ok()
+        .filter(|v: &usize| *v > 0)
         .ok_or_else(|| format!("bad size {s:?}"))
 }
 

@@ -456,24 +456,7 @@ pub(crate) fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> 
     Size::deserialize(d).map(|s| s.0)
 }
 
-/// `64MiB`, `512KiB`, `1GiB`, `1000` (bytes).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("bad size {s:?} (e.g. 64MiB)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => 1 << 10,
-        "m" | "mib" | "mb" => 1 << 20,
-        "g" | "gib" | "gb" => 1 << 30,
-        _ => return Err(format!("bad size unit in {s:?} (B, KiB, MiB, GiB)")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} too large"))
-}
+use crate::config::parse_size;
 
 // ---------------------------------------------------------------------------------------------
 // Counters and health, shared by the sink threads and the `Sinks` handle

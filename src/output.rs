@@ -34,8 +34,11 @@ impl FindingWriter {
     pub fn write(&mut self, f: &Finding) -> io::Result<()> {
         match self.format {
             Format::Json => {
-                serde_json::to_writer(&mut self.out, f)?;
-                self.out.write_all(b"\n")?;
+                // One write per line: writers sharing stdout (two stdout
+                // sinks, the tests' harness) never cut into each other's lines.
+                let mut line = serde_json::to_vec(f)?;
+                line.push(b'\n');
+                self.out.write_all(&line)?;
             }
             Format::Text => {
                 let line = text_line(f, self.color);

@@ -8,7 +8,7 @@
 //! Writes one compact JSON object per line, in OpenBao 2.x key order
 //! (`time,type,auth,request,response,error`), as request+response pairs with
 //! UUID request ids and strictly increasing RFC3339Nano times. Shapes are copied
-//! from the real lines in `shared/corpus/` and from `vault-audit-format.md`
+//! from the real lines in `tests/data/` (OpenBao captures and public Vault samples)
 //! (§2 schema, §8 detection shapes). Sizes follow the reliability plan: median
 //! about 1.6 KB per line, 2 % about 27 KB (300-key KV writes and lists), 0.1 %
 //! about 1 MB (huge list responses).

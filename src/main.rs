@@ -197,22 +197,29 @@ struct ListenArgs {
     archive: ArchiveArgs,
     #[command(flatten)]
     rules: RulesArgs,
-    /// Strip Vault's `prefix` from lines before parsing (the archive keeps it).
-    #[arg(long, value_name = "PREFIX")]
-    strip_prefix: Option<String>,
-    /// Longest line kept whole; longer ones are archived and counted, not analysed.
-    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
-    max_line_bytes: usize,
     /// Most connections at once; beyond it, never-productive connections are evicted first.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_connections: usize,
     /// Close a connection that holds a partial line, or never sent a complete entry, this long.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     idle_timeout: Duration,
+    #[command(flatten)]
+    live: LiveArgs,
+}
+
+/// Options shared by the live modes (`listen`, `tail`).
+#[derive(clap::Args)]
+struct LiveArgs {
+    /// Strip Vault's `prefix` from lines before parsing (the archive keeps it).
+    #[arg(long, value_name = "PREFIX")]
+    strip_prefix: Option<String>,
+    /// Longest line kept whole; longer ones are archived and counted, not analysed.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
+    max_line_bytes: usize,
     /// Findings format.
     #[arg(long, value_enum, default_value = "json")]
     format: Format,
-    /// Write findings here instead of stdout.
+    /// Write findings here instead of stdout (`listen` replaces the file, `tail` appends to it).
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
     /// At exit, write the run's counters as JSON to FILE.
@@ -224,6 +231,40 @@ struct ListenArgs {
     /// On SIGTERM/SIGINT, give up draining after this long (exit 1).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
+}
+
+impl LiveArgs {
+    fn analyzer(&self, rules: Arc<RuleSet>) -> Analyzer {
+        let analyzer = Analyzer::new(rules, false, self.max_line_bytes);
+        match &self.strip_prefix {
+            Some(p) => analyzer.with_prefix(p),
+            None => analyzer,
+        }
+    }
+
+    fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| ReplayOptions::default().threads)
+            .max(1)
+    }
+
+    /// The findings writer: stdout, or `--output` (appended to or replaced).
+    fn writer(&self, append: bool) -> Result<FindingWriter> {
+        let to_terminal = self.output.is_none() && io::stdout().is_terminal();
+        let out: Box<dyn Write + Send> = match &self.output {
+            Some(p) => Box::new(io::BufWriter::new(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .append(append)
+                    .truncate(!append)
+                    .open(p)
+                    .with_context(|| format!("cannot open {}", p.display()))?,
+            )),
+            None => Box::new(io::BufWriter::new(io::stdout())),
+        };
+        Ok(FindingWriter::new(out, self.format, to_terminal, true))
+    }
 }
 
 // ---- tail (begin) ----
@@ -263,27 +304,8 @@ struct TailArgs {
     archive: ArchiveArgs,
     #[command(flatten)]
     rules: RulesArgs,
-    /// Strip Vault's `prefix` from lines before parsing (the archive keeps it).
-    #[arg(long, value_name = "PREFIX")]
-    strip_prefix: Option<String>,
-    /// Longest line kept whole; longer ones are archived and counted, not analysed.
-    #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
-    max_line_bytes: usize,
-    /// Findings format.
-    #[arg(long, value_enum, default_value = "json")]
-    format: Format,
-    /// Write findings here instead of stdout (appended to).
-    #[arg(long, short, value_name = "FILE")]
-    output: Option<PathBuf>,
-    /// At exit, write the run's counters as JSON to FILE.
-    #[arg(long, value_name = "FILE")]
-    stats_json: Option<PathBuf>,
-    /// Analysis threads (default: all cores).
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
-    /// On SIGTERM/SIGINT, give up draining after this long (exit 1).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    drain_timeout: Duration,
+    #[command(flatten)]
+    live: LiveArgs,
 }
 // ---- tail (end) ----
 
@@ -569,10 +591,10 @@ fn run_listen(args: ListenArgs) -> Result<ExitCode> {
         tcp: args.tcp.clone(),
         unix: args.unix.clone(),
         udp: args.udp.clone(),
-        max_line: args.max_line_bytes,
+        max_line: args.live.max_line_bytes,
         max_connections: args.max_connections.max(1),
         idle_timeout: args.idle_timeout,
-        strip_prefix: args.strip_prefix.clone(),
+        strip_prefix: args.live.strip_prefix.clone(),
     };
     if cfg.tcp.is_empty() && cfg.unix.is_empty() && cfg.udp.is_empty() {
         cfg.tcp.push(SocketAddr::from(([127, 0, 0, 1], 9090)));
@@ -593,22 +615,9 @@ fn run_listen(args: ListenArgs) -> Result<ExitCode> {
         }
         None => None,
     };
-    let to_terminal = args.output.is_none() && io::stdout().is_terminal();
-    let out: Box<dyn Write + Send> = match &args.output {
-        Some(p) => Box::new(io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
-        None => Box::new(io::BufWriter::new(io::stdout())),
-    };
-    let writer = FindingWriter::new(out, args.format, to_terminal, true);
-    let mut analyzer = Analyzer::new(rules, false, args.max_line_bytes);
-    if let Some(p) = &args.strip_prefix {
-        analyzer = analyzer.with_prefix(p);
-    }
-    let threads = args
-        .threads
-        .unwrap_or_else(|| ReplayOptions::default().threads)
-        .max(1);
+    let writer = args.live.writer(false)?;
+    let analyzer = args.live.analyzer(rules);
+    let threads = args.live.threads();
     let (emit, output) = OutputThread::spawn(writer);
     let pipeline = Pipeline::start(archive, analyzer, threads, Backpressure::ShedAnalysis, emit);
     for b in &listeners.bound {
@@ -657,13 +666,13 @@ fn run_listen(args: ListenArgs) -> Result<ExitCode> {
     std::thread::spawn(move || {
         let _ = done_tx.send(pipeline.finish());
     });
-    let deadline = Instant::now() + args.drain_timeout;
-    let outcome = match done_rx.recv_timeout(args.drain_timeout) {
+    let deadline = Instant::now() + args.live.drain_timeout;
+    let outcome = match done_rx.recv_timeout(args.live.drain_timeout) {
         Ok(r) => r,
         Err(_) => {
             eprintln!(
                 "auditwatch listen: the pipeline did not drain within {:?}; exiting",
-                args.drain_timeout
+                args.live.drain_timeout
             );
             return Ok(ExitCode::from(1));
         }
@@ -678,7 +687,7 @@ fn run_listen(args: ListenArgs) -> Result<ExitCode> {
         output: &delivery,
         elapsed_seconds: started.elapsed().as_secs_f64(),
     };
-    if let Some(p) = &args.stats_json {
+    if let Some(p) = &args.live.stats_json {
         let text = serde_json::to_string_pretty(&doc)?;
         std::fs::write(p, text + "\n").with_context(|| format!("cannot write {}", p.display()))?;
     }
@@ -732,7 +741,7 @@ fn run_tail(args: TailArgs, archive_given: bool) -> Result<ExitCode> {
     cfg.poll_interval = args.poll_interval;
     cfg.checkpoint_interval = args.checkpoint_interval;
     cfg.rotate_wait = args.rotate_wait;
-    cfg.max_line = args.max_line_bytes;
+    cfg.max_line = args.live.max_line_bytes;
     let mut tailer = Tailer::open(cfg, counters.clone())
         .with_context(|| format!("cannot follow {}", args.path.display()))?;
     let archive = match args.archive.config().filter(|_| archive_given) {
@@ -745,31 +754,14 @@ fn run_tail(args: TailArgs, archive_given: bool) -> Result<ExitCode> {
         }
         None => None,
     };
-    let to_terminal = args.output.is_none() && io::stdout().is_terminal();
-    let out: Box<dyn Write + Send> = match &args.output {
-        Some(p) => Box::new(io::BufWriter::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("cannot open {}", p.display()))?,
-        )),
-        None => Box::new(io::BufWriter::new(io::stdout())),
-    };
-    let mut writer = FindingWriter::new(out, args.format, to_terminal, true);
+    let mut writer = args.live.writer(true)?;
     // A corrupt checkpoint is reported through the same output, first.
     let startup = tailer.take_findings();
     for f in &startup {
         writer.write(f).context("writing findings")?;
     }
-    let mut analyzer = Analyzer::new(rules, false, args.max_line_bytes);
-    if let Some(p) = &args.strip_prefix {
-        analyzer = analyzer.with_prefix(p);
-    }
-    let threads = args
-        .threads
-        .unwrap_or_else(|| ReplayOptions::default().threads)
-        .max(1);
+    let analyzer = args.live.analyzer(rules);
+    let threads = args.live.threads();
     let failed = counters.clone();
     let pipeline = Pipeline::start(
         archive,
@@ -862,12 +854,12 @@ fn run_tail(args: TailArgs, archive_given: bool) -> Result<ExitCode> {
     std::thread::spawn(move || {
         let _ = done_tx.send(pipeline.finish());
     });
-    let mut outcome = match done_rx.recv_timeout(args.drain_timeout) {
+    let mut outcome = match done_rx.recv_timeout(args.live.drain_timeout) {
         Ok(r) => r.context("writing findings")?,
         Err(_) => {
             eprintln!(
                 "auditwatch tail: the pipeline did not drain within {:?} (a stuck findings output?); exiting",
-                args.drain_timeout
+                args.live.drain_timeout
             );
             return Ok(ExitCode::from(1));
         }
@@ -893,7 +885,7 @@ fn run_tail(args: TailArgs, archive_given: bool) -> Result<ExitCode> {
         archive: outcome.archive,
         elapsed_seconds: started.elapsed().as_secs_f64(),
     };
-    if let Some(p) = &args.stats_json {
+    if let Some(p) = &args.live.stats_json {
         let text = serde_json::to_string_pretty(&doc)?;
         std::fs::write(p, text + "\n").with_context(|| format!("cannot write {}", p.display()))?;
     }

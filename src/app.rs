@@ -895,7 +895,7 @@ pub fn run(opts: RunOptions) -> Result<u8> {
     }
     let mut log = init_logging(&cfg.log);
     let format = log.format;
-    let rules = Arc::new(RuleSet::load(cfg.patterns.as_deref()).context("cannot load the rules")?);
+    let rules = Arc::new(cfg.load_rules().context("cannot load the rules")?);
     let mut rules_fp = rules_fingerprint(cfg.patterns.as_deref());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1396,7 +1396,7 @@ impl ReloadCtx<'_> {
                 new.missing_env.join(", ")
             );
         }
-        let rules = Arc::new(RuleSet::load(new.patterns.as_deref()).context("rules")?);
+        let rules = Arc::new(new.load_rules().context("rules")?);
         let fp = rules_fingerprint(new.patterns.as_deref());
         let old = &*self.cfg;
         let mut changes = Vec::new();
@@ -1437,7 +1437,10 @@ impl ReloadCtx<'_> {
         if new.drain_timeout != old.drain_timeout {
             changes.push(format!("shutdown.drain_timeout {:?}", new.drain_timeout));
         }
-        if fp != *self.rules_fp || new.patterns != old.patterns {
+        if fp != *self.rules_fp
+            || new.patterns != old.patterns
+            || new.rule_selection != old.rule_selection
+        {
             let applied = self.pipelines.iter().all(|p| swap_rules(p, &rules));
             if applied {
                 *self.rules_fp = fp;

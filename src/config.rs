@@ -22,6 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::archive::{ArchiveConfig, Compression, FsyncPolicy};
+use crate::rules::{RuleError, RuleSelection, RuleSet};
 use crate::sink::{SinkConfig, SinkKind};
 use crate::tail::{StartFrom, TailConfig};
 
@@ -73,6 +74,11 @@ level = "info"              # error, warn, info, debug, trace, or a tracing filt
 # Extra rule files (*.toml, recursive) beside the built-in pack; a rule with a built-in id
 # replaces it. Re-read on SIGHUP; a directory that does not load keeps the running rules.
 # patterns = "/etc/auditwatch/rules"
+# Which rules run: globs over rule ids (`auditwatch rules list`). With `only`, just the rules
+# matching one of its globs; `disable` then switches off those matching one of its globs.
+# A glob that matches no rule id is an error (a typo must not leave a rule on).
+only = []                   # e.g. ["privileged.*", "root_token.*"]
+disable = []                # e.g. ["brute_force.*", "acl.denied_paths"]
 
 [analysis]
 threads = 0                 # analysis threads per source; 0: one per core
@@ -393,6 +399,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Extra rule directory.
     pub patterns: Option<PathBuf>,
+    /// `[rules] only` / `disable`: which rules run.
+    pub rule_selection: RuleSelection,
     pub analysis: AnalysisConfig,
     pub sources: Vec<SourceConfig>,
     pub archive: ArchiveSettings,
@@ -460,6 +468,12 @@ impl Config {
             _ => Vec::new(),
         };
         build(origin, text, raw, sink_tables, env)
+    }
+
+    /// The rules this configuration runs: the built-in pack, `[rules] patterns`, then
+    /// `[rules] only` / `disable`.
+    pub fn load_rules(&self) -> Result<RuleSet, RuleError> {
+        RuleSet::load_selected(self.patterns.as_deref(), &self.rule_selection)
     }
 
     /// Names of the sources, in file order.
@@ -619,6 +633,10 @@ struct RawLog {
 #[serde(deny_unknown_fields)]
 struct RawRules {
     patterns: Option<PathBuf>,
+    #[serde(default)]
+    only: Vec<String>,
+    #[serde(default)]
+    disable: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -821,6 +839,14 @@ fn build(
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
         return Err(fail(format!("log.level {:?}: {e}", log.level)));
     }
+
+    let rule_selection = RuleSelection {
+        only: raw.rules.only,
+        disable: raw.rules.disable,
+    };
+    rule_selection
+        .validate()
+        .map_err(|m| fail(format!("rules: {m}")))?;
 
     let threads = match raw.analysis.threads {
         None | Some(0) => std::thread::available_parallelism()
@@ -1124,6 +1150,7 @@ fn build(
         data_dir,
         log,
         patterns: raw.rules.patterns,
+        rule_selection,
         analysis,
         sources,
         archive,
@@ -1328,6 +1355,25 @@ mod tests {
             !format!("{:?}", c.sinks[1]).contains("Bearer"),
             "header values in Debug"
         );
+    }
+
+    #[test]
+    fn rule_selection() {
+        let c = parse(&format!(
+            "[rules]\ndisable = [\"brute_force.*\"]\nonly = [\"*\"]\n{MIN}"
+        ))
+        .unwrap();
+        assert_eq!(c.rule_selection.disable, ["brute_force.*"]);
+        let rules = c.load_rules().unwrap();
+        assert!(rules.find("privileged.raw_storage").is_some());
+        assert!(rules.find("brute_force.address").is_none());
+        // A bad glob is a configuration error; an unknown one fails when the rules load.
+        let e = parse(&format!("[rules]\ndisable = [\"a{{\"]\n{MIN}")).unwrap_err();
+        assert!(e.message.contains("rules: bad rule glob"), "{e}");
+        let c = parse(&format!("[rules]\ndisable = [\"brute_forse.*\"]\n{MIN}")).unwrap();
+        let e = c.load_rules().unwrap_err().to_string();
+        assert!(e.contains("\"brute_forse.*\" matches no rule"), "{e}");
+        assert!(Config::embedded_default().rule_selection.is_empty());
     }
 
     #[test]

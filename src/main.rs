@@ -19,7 +19,7 @@ use auditwatch::listen::{self, ListenConfig};
 use auditwatch::output::{FindingWriter, Format, OutputReport, OutputThread};
 use auditwatch::pipeline::{Backpressure, CountersSnapshot, Pipeline};
 use auditwatch::replay::{self, ReplayOptions};
-use auditwatch::rules::RuleSet;
+use auditwatch::rules::{RuleSelection, RuleSet};
 use auditwatch::tail::{self, StartFrom, TailConfig, TailCounters, Tailer};
 
 /// Watches HashiCorp Vault / OpenBao audit streams and reports privileged
@@ -64,6 +64,13 @@ struct RulesArgs {
     /// Extra rule files (`*.toml`, recursive); same ids replace built-ins.
     #[arg(long, value_name = "DIR")]
     patterns: Option<PathBuf>,
+    /// Switch off the rules whose id matches GLOB, e.g. 'brute_force.*' (repeatable).
+    /// A glob that matches no rule id is an error.
+    #[arg(long, value_name = "GLOB")]
+    disable: Vec<String>,
+    /// Run only the rules whose id matches GLOB (repeatable); --disable applies after it.
+    #[arg(long, value_name = "GLOB")]
+    only: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -371,7 +378,14 @@ fn main() -> ExitCode {
 }
 
 fn load_rules(args: &RulesArgs) -> Result<RuleSet> {
-    Ok(RuleSet::load(args.patterns.as_deref())?)
+    let selection = RuleSelection {
+        only: args.only.clone(),
+        disable: args.disable.clone(),
+    };
+    Ok(RuleSet::load_selected(
+        args.patterns.as_deref(),
+        &selection,
+    )?)
 }
 
 fn run_rules(cmd: RulesCommand) -> Result<ExitCode> {
@@ -961,7 +975,7 @@ fn run_config(cmd: ConfigCommand) -> Result<ExitCode> {
                     "auditwatch config: warning: environment variable {v} is not set here (auditwatch run needs it)"
                 );
             }
-            let rules = match RuleSet::load(cfg.patterns.as_deref()) {
+            let rules = match cfg.load_rules() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("auditwatch config: {}: rules: {e}", cfg.origin);

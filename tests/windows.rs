@@ -270,3 +270,72 @@ glob = "auth/**/login/*"
     assert!(max_keys <= 1000, "window keys grew to {max_keys}");
     assert!(max_keys >= 500);
 }
+
+/// `--disable` switches window rules off (the stateless ones keep running); `--only` keeps
+/// just the matching rules; a glob that matches no rule stops the run, naming it.
+#[test]
+fn disable_and_only_select_rules_and_typos_are_errors() {
+    let fail = wrong_password();
+    let ten: Vec<String> = (0..10).map(|i| at(&fail, i as f64 * 5.0)).collect();
+    let all = replay(&ten);
+    assert_eq!(fired(&all, "brute_force.address").len(), 1);
+    let off = replay_with(&ten, &["--disable", "brute_force.*", "--disable", "acl.*"]);
+    assert!(off
+        .iter()
+        .all(|f| !f["rule"].as_str().unwrap().starts_with("brute_force.")));
+    assert_eq!(
+        fired(&off, "login.failed").len(),
+        fired(&all, "login.failed").len()
+    );
+    let only = replay_with(&ten, &["--only", "brute_force.address"]);
+    assert_eq!(only.len(), 1, "{only:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("w.log");
+    std::fs::write(&p, ten.join("\n") + "\n").unwrap();
+    for (flag, glob) in [("--disable", "brute_forse.*"), ("--only", "nope.*")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+            .args(["replay", "-q", flag, glob])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {glob}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("\"{glob}\" matches no rule")),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+    // `rules list` and `rules test` take them too.
+    let out = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+        .args([
+            "rules",
+            "list",
+            "--only",
+            "brute_force.*",
+            "--disable",
+            "*.user",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let ids: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "brute_force.address",
+            "brute_force.password_spray",
+            "brute_force.distributed"
+        ]
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+        .args(["rules", "test", "--disable", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -238,9 +238,19 @@ impl RuleSet {
 
     /// The built-in pack plus every `*.toml` under `extra` (sorted, recursive).
     pub fn load(extra: Option<&Path>) -> Result<RuleSet, RuleError> {
+        Self::load_selected(extra, &RuleSelection::default())
+    }
+
+    /// [`RuleSet::load`], then keeps the rules `selection` selects (`--only`, `--disable`).
+    pub fn load_selected(
+        extra: Option<&Path>,
+        selection: &RuleSelection,
+    ) -> Result<RuleSet, RuleError> {
         let mut rules = Vec::new();
+        // Ids of rules that are off (`enabled = false`): known to the selection globs.
+        let mut off = Vec::new();
         for (name, text) in BUILTIN {
-            merge_layer(&mut rules, parse_file(name, text)?, false);
+            merge_layer(&mut rules, parse_file(name, text, &mut off)?, false);
         }
         if let Some(dir) = extra {
             let mut layer = Vec::new();
@@ -251,7 +261,7 @@ impl RuleSet {
                     return Err(err(&origin, format!("larger than {MAX_RULE_FILE} bytes")));
                 }
                 let text = std::fs::read_to_string(&path).map_err(|e| err(&origin, e))?;
-                let parsed = parse_file(&origin, &text)?;
+                let parsed = parse_file(&origin, &text, &mut off)?;
                 for r in parsed {
                     if let Some(prev) = layer.iter().find(|p: &&Rule| p.id == r.id) {
                         return Err(err(
@@ -264,12 +274,13 @@ impl RuleSet {
             }
             merge_layer(&mut rules, layer, true);
         }
+        let rules = selection.apply(rules, &off)?;
         Self::from_rules(rules)
     }
 
     /// A set from rule-file text (tests, fuzzing).
     pub fn from_toml(origin: &str, text: &str) -> Result<RuleSet, RuleError> {
-        Self::from_rules(parse_file(origin, text)?)
+        Self::from_rules(parse_file(origin, text, &mut Vec::new())?)
     }
 
     fn from_rules(rules: Vec<Rule>) -> Result<RuleSet, RuleError> {
@@ -509,6 +520,86 @@ pub fn minimize_literals(literals: Vec<String>) -> Vec<prefilter::Pattern> {
     out
 }
 
+/// Which of the loaded rules run: `--only GLOB` / `--disable GLOB` on the command line,
+/// `only` / `disable` in the `[rules]` table of `auditwatch run`'s configuration.
+///
+/// The globs match whole rule ids (`brute_force.*`, `acl.denied_*`, `{login,acl}.*`). With
+/// `only`, just the rules matching one of its globs are kept; `disable` then drops those
+/// matching one of its globs. A glob that matches no rule id, enabled or off
+/// (`enabled = false`), is an error naming it: a typo must not silently leave a rule on. So is
+/// a selection that leaves no rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleSelection {
+    pub only: Vec<String>,
+    pub disable: Vec<String>,
+}
+
+impl RuleSelection {
+    pub fn is_empty(&self) -> bool {
+        self.only.is_empty() && self.disable.is_empty()
+    }
+
+    /// Checks that every glob is a valid pattern (not whether it matches a rule).
+    pub fn validate(&self) -> Result<(), String> {
+        for g in self.only.iter().chain(&self.disable) {
+            id_glob(g)?;
+        }
+        Ok(())
+    }
+
+    /// The rules the selection keeps, in order. `off` are the ids of rules that are off.
+    fn apply(&self, rules: Vec<Rule>, off: &[String]) -> Result<Vec<Rule>, RuleError> {
+        if self.is_empty() {
+            return Ok(rules);
+        }
+        let compile = |what: &str, globs: &[String]| -> Result<Vec<_>, RuleError> {
+            globs
+                .iter()
+                .map(|g| {
+                    let m = id_glob(g).map_err(|e| err(what, e))?;
+                    let known = rules.iter().any(|r| m.is_match(&r.id))
+                        || off.iter().any(|id| m.is_match(id));
+                    if !known {
+                        return Err(err(
+                            what,
+                            format!(
+                                "{g:?} matches no rule id (`auditwatch rules list` lists them)"
+                            ),
+                        ));
+                    }
+                    Ok(m)
+                })
+                .collect()
+        };
+        let only = compile("--only / rules.only", &self.only)?;
+        let disable = compile("--disable / rules.disable", &self.disable)?;
+        let kept: Vec<Rule> = rules
+            .into_iter()
+            .filter(|r| only.is_empty() || only.iter().any(|m| m.is_match(&r.id)))
+            .filter(|r| !disable.iter().any(|m| m.is_match(&r.id)))
+            .collect();
+        if kept.is_empty() {
+            return Err(err(
+                "--only / --disable",
+                "the rule selection leaves no rule to run",
+            ));
+        }
+        Ok(kept)
+    }
+}
+
+/// A rule-id glob: `*` and `?` match any characters (ids have no `/`), `{a,b}` alternates.
+fn id_glob(g: &str) -> Result<globset::GlobMatcher, String> {
+    if g.is_empty() {
+        return Err("an empty rule glob".into());
+    }
+    globset::GlobBuilder::new(g)
+        .literal_separator(false)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("bad rule glob {g:?}: {e}"))
+}
+
 /// A fixture that did not behave.
 #[derive(Debug, Clone)]
 pub struct FixtureFailure {
@@ -580,7 +671,8 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-fn parse_file(origin: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
+/// Parses one rule file; the ids of its rules that are off (`enabled = false`) go to `off`.
+fn parse_file(origin: &str, text: &str, off: &mut Vec<String>) -> Result<Vec<Rule>, RuleError> {
     let def: RuleFileDef = toml::from_str(text).map_err(|e| {
         let at = e
             .span()
@@ -700,6 +792,7 @@ fn parse_file(origin: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
             }
         };
         if !d.enabled {
+            off.push(id);
             continue;
         }
         // A trigger's entries must pass the prefilter too.
@@ -961,6 +1054,94 @@ when = { field = "path", glob = ["sys/raw", "sys/raw/**"] }
             "{} literals",
             set.literal_count()
         );
+    }
+
+    #[test]
+    fn selection_only_and_disable() {
+        let ids = |sel: &RuleSelection| -> Vec<String> {
+            RuleSet::load_selected(None, sel)
+                .unwrap()
+                .rules()
+                .iter()
+                .map(|r| r.id.clone())
+                .collect()
+        };
+        let all = ids(&RuleSelection::default());
+        let no_bf = ids(&RuleSelection {
+            disable: vec!["brute_force.*".into()],
+            ..Default::default()
+        });
+        assert!(all.iter().any(|i| i == "brute_force.address"));
+        assert!(!no_bf.iter().any(|i| i.starts_with("brute_force.")));
+        assert_eq!(
+            no_bf.len(),
+            all.len() - all.iter().filter(|i| i.starts_with("brute_force.")).count()
+        );
+        let only = ids(&RuleSelection {
+            only: vec!["{brute_force,acl}.*".into()],
+            disable: vec!["acl.denied_paths".into()],
+        });
+        assert!(only
+            .iter()
+            .all(|i| i.starts_with("brute_force.") || i.starts_with("acl.")));
+        assert!(only.iter().any(|i| i == "acl.denied_burst"));
+        assert!(!only.iter().any(|i| i == "acl.denied_paths"));
+        // A rule that is off by default is a known id: disabling it again is fine.
+        let same = ids(&RuleSelection {
+            disable: vec!["brute_force.success_after_failures".into()],
+            ..Default::default()
+        });
+        assert_eq!(same, all);
+    }
+
+    #[test]
+    fn selection_errors_name_the_glob() {
+        for (sel, needle) in [
+            (
+                RuleSelection {
+                    disable: vec!["brute_forse.*".into()],
+                    ..Default::default()
+                },
+                "\"brute_forse.*\" matches no rule",
+            ),
+            (
+                RuleSelection {
+                    only: vec!["nope".into()],
+                    ..Default::default()
+                },
+                "\"nope\" matches no rule",
+            ),
+            (
+                RuleSelection {
+                    disable: vec!["[".into()],
+                    ..Default::default()
+                },
+                "bad rule glob",
+            ),
+            (
+                RuleSelection {
+                    disable: vec!["*".into()],
+                    ..Default::default()
+                },
+                "leaves no rule",
+            ),
+            (
+                RuleSelection {
+                    only: vec!["brute_force.success_after_failures".into()],
+                    ..Default::default()
+                },
+                "leaves no rule",
+            ),
+        ] {
+            let e = RuleSet::load_selected(None, &sel).unwrap_err().to_string();
+            assert!(e.contains(needle), "{sel:?}: {e}");
+        }
+        assert!(RuleSelection {
+            disable: vec!["a{".into()],
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]

@@ -28,11 +28,13 @@ pub struct Hit {
     pub line_idx: u64,
     /// Byte offset of the line within the block.
     pub offset: u64,
-    /// The finding; `None` for throttled rules, whose findings are mostly
-    /// held back: the judge builds it from `raw` only when it is reported.
-    pub finding: Option<Finding>,
-    /// The entry's bytes, kept for throttled rules (see `finding`).
-    pub raw: Option<Box<[u8]>>,
+    /// The finding; `None` for throttled and window rules, whose findings are
+    /// mostly held back: the judge builds it from `raw` only when it is reported.
+    /// Boxed: a hit is small, so a block's hits are cheap to move and hold.
+    pub finding: Option<Box<Finding>>,
+    /// The entry's bytes, kept for throttled and window rules (see `finding`).
+    /// Shared by the hits of one line.
+    pub raw: Option<std::sync::Arc<[u8]>>,
     /// Throttle key, when the rule has a throttle.
     pub throttle_key: Option<String>,
     /// Entry time in unix nanoseconds, when it parses.
@@ -268,6 +270,8 @@ impl Analyzer {
         offset: u64,
         out: &mut BlockResult,
     ) {
+        // One copy of the line for all its deferred hits.
+        let mut shared: Option<std::sync::Arc<[u8]>> = None;
         for (rule_idx, role) in self.rules.matches(entry) {
             let rule = self.rules.get(rule_idx);
             let throttle_key = rule.throttle.as_ref().map(|t| {
@@ -307,15 +311,15 @@ impl Analyzer {
                     continue;
                 }
             }
+            // Throttled rules report few of their hits, and window rules only the entry that
+            // fills a window: their findings are built by the judge when reported.
+            let deferred = rule.throttle.is_some() || rule.window.is_some();
             out.hits.push(Hit {
                 rule: rule_idx,
                 line_idx: idx,
                 offset,
-                finding: rule
-                    .throttle
-                    .is_none()
-                    .then(|| build_finding(rule, entry, raw)),
-                raw: rule.throttle.is_some().then(|| raw.into()),
+                finding: (!deferred).then(|| Box::new(build_finding(rule, entry, raw))),
+                raw: deferred.then(|| shared.get_or_insert_with(|| raw.into()).clone()),
                 throttle_key,
                 time_ns,
                 role,

@@ -1,9 +1,42 @@
 //! The stateful, ordered half of analysis: [`Judge`] sees the blocks of one
 //! stream in order, turns block-relative positions into lines and offsets,
 //! applies throttles, and counts everything into [`Stats`].
+//!
+//! # Window state and its memory cap
+//!
+//! Window rules (`[rule.window]`, see [`crate::rules::Window`]) keep, per rule, one
+//! [`WindowState`] per group key: the events still inside the window (entry time, the hash of
+//! the `distinct` value, source and line), the newest time seen and the end of the quiet
+//! period after a finding. The state is bounded three ways, all per rule:
+//!
+//! * **events per key**: at most `max(4 × count, 64)`; the oldest go first
+//!   ([`Stats::window_events_dropped`]).
+//! * **keys**: at most `max_keys` (default [`crate::rules::WINDOW_KEYS_MAX`]).
+//! * **bytes**: at most `max_state` (default [`crate::rules::WINDOW_STATE_MAX`]), as accounted
+//!   below.
+//!
+//! When a new key would pass `max_keys` or `max_state`, or an event pushes the rule past
+//! `max_state`, the **less valuable half** of the rule's keys is evicted (repeatedly, until
+//! the rule is under its caps). Value is, first, how close a key is to firing (its events
+//! still inside the window, capped at `count`; a key in its quiet period counts as full),
+//! then how recent its newest event is. So an attacker who sprays random addresses or users
+//! (one event per key) evicts the stalest of their own keys, not a key that is building up
+//! to a real finding. Every eviction is counted ([`Stats::window_evictions`],
+//! [`Stats::window_keys_evicted`]); nothing is dropped silently.
+//!
+//! Keys are stored as 64-bit SipHash values under random keys (the group values themselves
+//! are not kept: the finding takes them from the entry that fires), so long attacker-chosen
+//! user names cost nothing, and collisions cannot be aimed at.
+//!
+//! Accounting ([`Judge::window_state_bytes`], [`Stats::window_state_bytes`]) is approximate
+//! but errs high: the hash table by its capacity (`capacity × 8/7` buckets of
+//! `size_of::<(u64, WindowState)>() + 1` bytes, hashbrown's layout), the event queues by their
+//! capacity (`size_of::<WindowEvent>()` each), and each held event's source name as if it had
+//! its own copy (it shares one `Arc<str>` per stream). Allocator overhead is not counted.
+//! A table never grows past half of `max_state`, so evicting always makes room.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -65,6 +98,22 @@ pub struct Stats {
     pub suppressed: u64,
     pub findings_by_rule: BTreeMap<String, u64>,
     pub findings_by_severity: BTreeMap<String, u64>,
+    /// Keys window rules hold now (all rules).
+    pub window_keys: u64,
+    /// Bytes of window state now (see the module docs for what is counted).
+    pub window_state_bytes: u64,
+    /// The most bytes of window state held at once.
+    pub window_state_bytes_peak: u64,
+    /// The sum of the window rules' `max_state`: the cap of `window_state_bytes`.
+    pub window_state_cap: u64,
+    /// Times a window rule's keys were halved because of `max_keys` or `max_state`.
+    pub window_evictions: u64,
+    /// Keys dropped by those evictions (their counts are lost).
+    pub window_keys_evicted: u64,
+    /// Events dropped because their key held its most events (`4 × count`, at least 64).
+    pub window_events_dropped: u64,
+    /// Events older than their key's window when they arrived (out of order), not counted.
+    pub window_late_events: u64,
     /// The first located errors.
     pub errors: Vec<LocatedError>,
 }
@@ -103,55 +152,227 @@ pub struct StreamPos {
     pub lines_before: u64,
 }
 
-/// One counted event of a window.
+/// One counted event of a window (40 bytes).
 #[derive(Debug, Clone)]
 struct WindowEvent {
+    /// Entry time (unix ns; the newest time seen when the entry's own does not parse).
     time_ns: i64,
-    /// Hash of the distinct value (SipHash, random keys: attacker-proof).
-    distinct: Option<u64>,
-    time: Option<String>,
-    source: String,
+    /// Hash of the distinct value (SipHash, random keys: attacker-proof); 0: none.
+    distinct: u64,
     line: u64,
+    /// The stream's name, shared by its events.
+    source: Arc<str>,
 }
 
-#[derive(Debug, Default)]
+impl WindowEvent {
+    /// Bytes accounted for the event beyond its queue slot: its source name as if it were its
+    /// own copy (plus an `Arc`'s counters).
+    fn owned_bytes(&self) -> usize {
+        self.source.len() + 2 * std::mem::size_of::<usize>()
+    }
+}
+
+/// One group key's window.
+#[derive(Debug)]
 struct WindowState {
     events: VecDeque<WindowEvent>,
     latest: i64,
     /// After a finding the key stays quiet for one window (a sustained
-    /// attack gives one finding per window, not one per `count` events).
-    quiet_until: Option<i64>,
+    /// attack gives one finding per window, not one per `count` events);
+    /// `i64::MIN`: not quiet.
+    quiet_until: i64,
 }
 
 impl WindowState {
-    fn expire(&mut self, within: i64) {
-        while self
-            .events
-            .front()
-            .is_some_and(|e| e.time_ns < self.latest - within)
-        {
-            self.events.pop_front();
+    fn new() -> Self {
+        WindowState {
+            events: VecDeque::with_capacity(1),
+            latest: i64::MIN,
+            quiet_until: i64::MIN,
         }
     }
 
-    fn measure(&self, w: &Window) -> u32 {
+    /// Accounted bytes: queue capacity plus the held events' names.
+    fn bytes(&self) -> usize {
+        self.events.capacity() * std::mem::size_of::<WindowEvent>()
+            + self
+                .events
+                .iter()
+                .map(WindowEvent::owned_bytes)
+                .sum::<usize>()
+    }
+
+    /// Drops the events older than the window; returns the bytes freed.
+    fn expire(&mut self, within: i64) -> usize {
+        let mut freed = 0;
+        let oldest = self.latest.saturating_sub(within);
+        while self.events.front().is_some_and(|e| e.time_ns < oldest) {
+            if let Some(e) = self.events.pop_front() {
+                freed += e.owned_bytes();
+            }
+        }
+        freed
+    }
+
+    /// Events, or distinct values, in the window. `scratch` is reused.
+    fn measure(&self, w: &Window, scratch: &mut Vec<u64>) -> u32 {
         if w.distinct.is_some() {
-            let set: HashSet<u64> = self.events.iter().filter_map(|e| e.distinct).collect();
-            set.len() as u32
+            scratch.clear();
+            scratch.extend(self.events.iter().map(|e| e.distinct).filter(|&d| d != 0));
+            scratch.sort_unstable();
+            scratch.dedup();
+            scratch.len() as u32
         } else {
             self.events.len() as u32
         }
     }
+
+    /// How much the key is worth keeping at `now`: its events inside the window (capped at
+    /// `count`), or `count` while it is quiet after a finding.
+    fn value(&self, w: &Window, now: i64, within: i64) -> u32 {
+        if now < self.quiet_until {
+            return w.count;
+        }
+        let oldest = now.saturating_sub(within);
+        let live = self
+            .events
+            .iter()
+            .rev()
+            .take(w.count as usize)
+            .filter(|e| e.time_ns >= oldest)
+            .count();
+        live as u32
+    }
+}
+
+/// The first event of a window that fired: time, source, line.
+type FirstEvent = (i64, Arc<str>, u64);
+/// A window that fired: its measure and first event.
+type Fired = (u32, Option<FirstEvent>);
+
+/// Keys are already SipHash values: the table uses them as they are.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; keep a correct fallback anyway.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap = HashMap<u64, WindowState, BuildHasherDefault<KeyHasher>>;
+
+/// One window rule's keys and their accounted event bytes.
+#[derive(Default)]
+struct RuleWindows {
+    keys: KeyMap,
+    /// Σ `WindowState::bytes` over the keys.
+    event_bytes: usize,
+}
+
+/// Accounted bytes of a key table of `capacity` (hashbrown: buckets ≈ capacity × 8/7, each a
+/// slot and a control byte).
+fn table_bytes(capacity: usize) -> usize {
+    buckets(capacity) * (std::mem::size_of::<(u64, WindowState)>() + 1)
+}
+
+/// hashbrown's buckets for a table of `capacity`.
+fn buckets(capacity: usize) -> usize {
+    match capacity {
+        0 => 0,
+        1..8 => (capacity + 1).next_power_of_two(),
+        _ => (capacity * 8 / 7).next_power_of_two(),
+    }
+}
+
+/// Keys a table may hold so that it stays within `bytes`.
+fn keys_within(bytes: usize) -> usize {
+    let per_bucket = std::mem::size_of::<(u64, WindowState)>() + 1;
+    let buckets = (bytes / per_bucket).max(1);
+    // Largest power of two of buckets that fits, and hashbrown's 7/8 load.
+    let pow = if buckets.is_power_of_two() {
+        buckets
+    } else {
+        buckets.next_power_of_two() / 2
+    };
+    if pow < 8 {
+        pow.saturating_sub(1).max(1)
+    } else {
+        pow / 8 * 7
+    }
+}
+
+impl RuleWindows {
+    fn bytes(&self) -> usize {
+        table_bytes(self.keys.capacity()) + self.event_bytes
+    }
+
+    /// Evicts the less valuable half of the keys (see the module docs); returns the keys
+    /// dropped.
+    fn evict_half(&mut self, w: &Window, now: i64) -> usize {
+        let within = w.within.as_nanos().min(i64::MAX as u128) as i64;
+        let mut ranked: Vec<(u32, i64, u64)> = self
+            .keys
+            .iter()
+            .map(|(k, st)| (st.value(w, now, within), st.latest, *k))
+            .collect();
+        if ranked.is_empty() {
+            return 0;
+        }
+        let mid = ranked.len() / 2;
+        let (_, cut, _) = ranked.select_nth_unstable(mid);
+        let cut = *cut;
+        let before = self.keys.len();
+        let mut freed = 0;
+        self.keys.retain(|k, st| {
+            let keep = (st.value(w, now, within), st.latest, *k) > cut;
+            if !keep {
+                freed += st.bytes();
+            }
+            keep
+        });
+        self.event_bytes -= freed;
+        // Rebuilt without the tombstones `retain` may leave, so that `capacity()` tells the
+        // table's real size (and the next growth is a doubling, not a surprise).
+        self.keys.shrink_to_fit();
+        before - self.keys.len()
+    }
+}
+
+/// One window rule's state ([`Judge::window_usage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowUsage {
+    pub rule: String,
+    pub keys: usize,
+    /// Accounted bytes (see the module docs).
+    pub bytes: usize,
+    pub max_keys: usize,
+    pub max_state: usize,
 }
 
 /// The ordered, stateful stage. One per run (replay) or per service.
 pub struct Judge {
     rules: Arc<RuleSet>,
-    /// (rule index, key) → window bucket of the last reported finding.
-    throttle: HashMap<(usize, String), i64>,
-    /// Per window rule: group key → its window.
-    windows: HashMap<usize, HashMap<String, WindowState>>,
+    /// (rule index, hash of the key) → window bucket of the last reported finding.
+    throttle: HashMap<(usize, u64), i64>,
+    /// Per window rule: hash of the group key → its window.
+    windows: HashMap<usize, RuleWindows>,
+    /// Σ `RuleWindows::bytes`.
+    window_bytes: usize,
     hasher: RandomState,
+    /// The current stream's name, shared by the window events it counts.
+    source: Arc<str>,
+    /// Reused by distinct counts.
+    scratch: Vec<u64>,
     /// The newest entry time seen (for entries whose time does not parse).
     clock: i64,
     pub stats: Stats,
@@ -159,14 +380,19 @@ pub struct Judge {
 
 impl Judge {
     pub fn new(rules: Arc<RuleSet>) -> Self {
-        Judge {
+        let mut judge = Judge {
             rules,
             throttle: HashMap::new(),
             windows: HashMap::new(),
+            window_bytes: 0,
             hasher: RandomState::new(),
+            source: Arc::from(""),
+            scratch: Vec::new(),
             clock: 0,
             stats: Stats::default(),
-        }
+        };
+        judge.window_gauges();
+        judge
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {
@@ -196,9 +422,32 @@ impl Judge {
         self.windows = std::mem::take(&mut self.windows)
             .into_iter()
             .filter_map(|(i, w)| map.get(&i).map(|&j| (j, w)))
+            // A rule that lost its window keeps no state.
+            .filter(|(j, _)| rules.get(*j).window.is_some())
             .collect();
         drop(new_ids);
         self.rules = rules;
+        self.window_bytes = self.windows.values().map(RuleWindows::bytes).sum();
+        self.window_gauges();
+    }
+
+    /// Copies the window state's size into the stats.
+    fn window_gauges(&mut self) {
+        let s = &mut self.stats;
+        s.window_keys = self.windows.values().map(|r| r.keys.len() as u64).sum();
+        s.window_state_bytes = self.window_bytes as u64;
+        s.window_state_bytes_peak = s.window_state_bytes_peak.max(s.window_state_bytes);
+        s.window_state_cap = self
+            .rules
+            .rules()
+            .iter()
+            .filter_map(|r| r.window.as_ref())
+            .map(|w| w.max_state as u64)
+            .sum();
+    }
+
+    fn hash_key(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
     }
 
     /// Takes one analysed block of `pos`'s stream, starting at byte
@@ -244,32 +493,38 @@ impl Judge {
                 });
             }
         }
-        for mut hit in result.hits {
+        if *self.source != *pos.name {
+            self.source = Arc::from(pos.name.as_str());
+        }
+        let windows_before = self.window_bytes;
+        let mut window_hits = false;
+        for hit in result.hits {
             if let Some(t) = hit.time_ns {
                 self.clock = self.clock.max(t);
             }
             // An Arc clone so the window state can be borrowed mutably.
             let rules = self.rules.clone();
+            let mut window = None;
             if let Some(w) = &rules.get(hit.rule).window {
+                window_hits = true;
                 let line = pos.lines_before + hit.line_idx + 1;
-                let Some(detail) = self.window_event(hit.rule, w, &hit, &pos.name, line) else {
+                let Some(detail) = self.window_event(hit.rule, w, &hit, line) else {
                     continue;
                 };
-                if let Some(f) = hit.finding.as_mut() {
-                    f.detail.insert("window".into(), detail);
-                }
+                window = Some(detail);
             } else if hit.role == Role::Trigger {
                 continue;
             }
             let rule = self.rules.get(hit.rule);
-            if let (Some(t), Some(key), Some(now)) = (&rule.throttle, hit.throttle_key, hit.time_ns)
+            if let (Some(t), Some(key), Some(now)) =
+                (&rule.throttle, &hit.throttle_key, hit.time_ns)
             {
                 // One finding per key per window of entry time, windows
                 // aligned to the clock (`1h`: each clock hour), so the
                 // analysis threads can drop repeats inside a block on their
                 // own. A late entry of an earlier window counts as a repeat.
                 let bucket = now.div_euclid(t.window.as_nanos().max(1) as i64);
-                let slot = (hit.rule, key);
+                let slot = (hit.rule, self.hash_key(key));
                 if self.throttle.get(&slot).is_some_and(|&last| bucket <= last) {
                     self.stats.suppressed += 1;
                     continue;
@@ -280,13 +535,17 @@ impl Judge {
                 self.throttle.insert(slot, bucket);
             }
             let built = match (hit.finding, hit.raw) {
-                (Some(f), _) => Some(f),
+                (Some(f), _) => Some(*f),
                 (None, Some(raw)) => crate::parse::parse_line(&raw)
                     .ok()
                     .map(|e| crate::analyze::build_finding(rule, &e, &raw)),
                 (None, None) => None,
             };
             let Some(mut f) = built else { continue };
+            if let Some(mut detail) = window {
+                detail["last"]["time"] = f.time.clone().into();
+                f.detail.insert("window".into(), detail);
+            }
             f.source = SourceRef {
                 kind: pos.kind,
                 name: pos.name.clone(),
@@ -306,82 +565,213 @@ impl Judge {
                 .or_default() += 1;
             emit(f);
         }
+        if window_hits || self.window_bytes != windows_before {
+            self.window_gauges();
+        }
         pos.lines_before += result.lines;
     }
 
     /// Counts a window rule's event (or checks its trigger); returns the
-    /// window's description when the rule fires.
+    /// window's description when the rule fires (`last.time` is left for the
+    /// caller, which has the finding).
     fn window_event(
         &mut self,
         rule: usize,
         w: &Window,
         hit: &crate::analyze::Hit,
-        source: &str,
         line: u64,
     ) -> Option<serde_json::Value> {
-        let key = hit.group.as_ref()?;
+        let key = hit.group.as_deref()?;
+        let hkey = self.hash_key(key);
         let now = hit.time_ns.unwrap_or(self.clock);
-        let within = w.within.as_nanos() as i64;
-        let rules = self.windows.entry(rule).or_default();
-        if hit.role == Role::Trigger {
-            let st = rules.get_mut(key)?;
-            st.latest = st.latest.max(now);
-            st.expire(within);
-            let measure = st.measure(w);
-            if measure < w.count {
-                return None;
-            }
-            if st.quiet_until.is_some_and(|q| now < q) {
-                self.stats.suppressed += 1;
-                return None;
-            }
-            let detail = window_detail(w, key, measure, st.events.front(), hit, source, line);
-            st.events.clear();
-            st.quiet_until = Some(now + within);
-            return Some(detail);
-        }
-        if !rules.contains_key(key) && rules.len() >= w.max_keys {
-            evict_stalest_windows(rules);
-        }
-        let st = rules.entry(key.clone()).or_default();
+        let within = w.within.as_nanos().min(i64::MAX as u128) as i64;
+        let distinct = hit
+            .distinct
+            .as_ref()
+            .map_or(0, |d| self.hasher.hash_one(d).max(1));
+        let rw = self.windows.entry(rule).or_default();
+        let bytes_before = rw.bytes();
+        let fired = if hit.role == Role::Trigger {
+            Self::window_trigger(rw, w, hkey, now, within, &mut self.scratch, &mut self.stats)
+        } else {
+            let source = self.source.clone();
+            Self::window_count(
+                rw,
+                w,
+                hkey,
+                now,
+                within,
+                WindowEvent {
+                    time_ns: now,
+                    distinct,
+                    line,
+                    source,
+                },
+                &mut self.scratch,
+                &mut self.stats,
+            )
+        };
+        let bytes_after = rw.bytes();
+        self.window_bytes = self.window_bytes - bytes_before + bytes_after;
+        let (measure, first) = fired?;
+        Some(window_detail(w, key, measure, first, &self.source, line))
+    }
+
+    /// A trigger entry: fires when its key's window is full. Returns the measure and the
+    /// first event.
+    fn window_trigger(
+        rw: &mut RuleWindows,
+        w: &Window,
+        key: u64,
+        now: i64,
+        within: i64,
+        scratch: &mut Vec<u64>,
+        stats: &mut Stats,
+    ) -> Option<Fired> {
+        let st = rw.keys.get_mut(&key)?;
         st.latest = st.latest.max(now);
-        if now < st.latest - within {
-            // Too late for its window (out of order by more than the window).
-            return None;
-        }
-        st.events.push_back(WindowEvent {
-            time_ns: now,
-            distinct: hit.distinct.as_ref().map(|d| self.hasher.hash_one(d)),
-            time: hit.finding.as_ref().and_then(|f| f.time.clone()),
-            source: source.to_owned(),
-            line,
-        });
-        st.expire(within);
-        // Bounded whatever the rate: the oldest events beyond a margin go.
-        let cap = (w.count as usize).saturating_mul(4).max(64);
-        while st.events.len() > cap {
-            st.events.pop_front();
-        }
-        if w.trigger.is_some() {
-            return None;
-        }
-        let measure = st.measure(w);
+        rw.event_bytes -= st.expire(within);
+        let measure = st.measure(w, scratch);
         if measure < w.count {
             return None;
         }
-        if st.quiet_until.is_some_and(|q| now < q) {
-            self.stats.suppressed += 1;
+        if now < st.quiet_until {
+            stats.suppressed += 1;
             return None;
         }
-        let detail = window_detail(w, key, measure, st.events.front(), hit, source, line);
-        st.events.clear();
-        st.quiet_until = Some(now + within);
-        Some(detail)
+        Some(Self::window_fire(rw, key, now, within, measure))
+    }
+
+    /// Reports a key's window and starts its quiet period.
+    fn window_fire(rw: &mut RuleWindows, key: u64, now: i64, within: i64, measure: u32) -> Fired {
+        let st = rw.keys.get_mut(&key).expect("the key is present");
+        let first = st
+            .events
+            .front()
+            .map(|e| (e.time_ns, e.source.clone(), e.line));
+        rw.event_bytes -= st.bytes();
+        st.events = VecDeque::new();
+        st.quiet_until = now.saturating_add(within);
+        (measure, first)
+    }
+
+    /// A counted entry: adds it to its key's window (making room under the caps) and fires
+    /// when the window holds `count` events or distinct values.
+    #[allow(clippy::too_many_arguments)]
+    fn window_count(
+        rw: &mut RuleWindows,
+        w: &Window,
+        key: u64,
+        now: i64,
+        within: i64,
+        event: WindowEvent,
+        scratch: &mut Vec<u64>,
+        stats: &mut Stats,
+    ) -> Option<Fired> {
+        if !rw.keys.contains_key(&key) {
+            Self::window_make_room(rw, w, now, event.owned_bytes(), stats);
+            let st = WindowState::new();
+            rw.event_bytes += st.bytes();
+            rw.keys.insert(key, st);
+        }
+        let st = rw.keys.get_mut(&key).expect("the key is present");
+        st.latest = st.latest.max(now);
+        if now < st.latest.saturating_sub(within) {
+            // Too late for its window (out of order by more than the window).
+            stats.window_late_events += 1;
+            return None;
+        }
+        let slots_before = st.events.capacity();
+        let mut added = event.owned_bytes();
+        let mut freed = 0;
+        st.events.push_back(event);
+        // Bounded whatever the rate: the oldest events beyond a margin go.
+        let cap = (w.count as usize).saturating_mul(4).max(64);
+        while st.events.len() > cap {
+            if let Some(e) = st.events.pop_front() {
+                freed += e.owned_bytes();
+            }
+            stats.window_events_dropped += 1;
+        }
+        freed += st.expire(within);
+        added += (st.events.capacity() - slots_before) * std::mem::size_of::<WindowEvent>();
+        rw.event_bytes = rw.event_bytes + added - freed;
+        if w.trigger.is_none() {
+            let measure = st.measure(w, scratch);
+            if measure >= w.count {
+                if now < st.quiet_until {
+                    stats.suppressed += 1;
+                } else {
+                    return Some(Self::window_fire(rw, key, now, within, measure));
+                }
+            }
+        }
+        // Events of an existing key may pass the byte cap: halve until under it.
+        while rw.bytes() > w.max_state && !rw.keys.is_empty() {
+            stats.window_evictions += 1;
+            stats.window_keys_evicted += rw.evict_half(w, now) as u64;
+        }
+        None
+    }
+
+    /// Before a new key goes in: evicts until the key count, and the bytes with the new key
+    /// (and the table grown, if it must grow), are within the rule's caps.
+    fn window_make_room(
+        rw: &mut RuleWindows,
+        w: &Window,
+        now: i64,
+        event_owned: usize,
+        stats: &mut Stats,
+    ) {
+        // The table stays within half the byte cap, so evicting always makes room.
+        let max_keys = w.max_keys.min(keys_within(w.max_state / 2)).max(1);
+        let new_key = std::mem::size_of::<WindowEvent>() + event_owned;
+        loop {
+            let len = rw.keys.len();
+            let capacity = rw.keys.capacity();
+            let table = if len >= capacity {
+                // The insert grows the table: hashbrown doubles its buckets (4 at first).
+                buckets(capacity).max(2) * 2 * (std::mem::size_of::<(u64, WindowState)>() + 1)
+            } else {
+                table_bytes(capacity)
+            };
+            let over = len >= max_keys || table + rw.event_bytes + new_key > w.max_state;
+            if len == 0 || !over {
+                return;
+            }
+            stats.window_evictions += 1;
+            stats.window_keys_evicted += rw.evict_half(w, now) as u64;
+        }
     }
 
     /// Keys tracked by window rules (for memory tests and metrics).
     pub fn window_keys(&self) -> usize {
-        self.windows.values().map(HashMap::len).sum()
+        self.windows.values().map(|r| r.keys.len()).sum()
+    }
+
+    /// Accounted bytes of window state, all rules (see the module docs).
+    pub fn window_state_bytes(&self) -> usize {
+        self.window_bytes
+    }
+
+    /// Each window rule's state now, in rule order.
+    pub fn window_usage(&self) -> Vec<WindowUsage> {
+        self.rules
+            .rules()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let w = r.window.as_ref()?;
+                let rw = self.windows.get(&i);
+                Some(WindowUsage {
+                    rule: r.id.clone(),
+                    keys: rw.map_or(0, |rw| rw.keys.len()),
+                    bytes: rw.map_or(0, RuleWindows::bytes),
+                    max_keys: w.max_keys,
+                    max_state: w.max_state,
+                })
+            })
+            .collect()
     }
 
     /// An oversize line of `pos`'s stream at `offset` (counted as one line).
@@ -415,13 +805,11 @@ fn window_detail(
     w: &Window,
     key: &str,
     measure: u32,
-    first: Option<&WindowEvent>,
-    hit: &crate::analyze::Hit,
+    first: Option<FirstEvent>,
     source: &str,
     line: u64,
 ) -> serde_json::Value {
     let values: Vec<&str> = key.split('\u{1f}').filter(|s| !s.is_empty()).collect();
-    let entry = |time: &Option<String>, source: &str, line: u64| serde_json::json!({ "time": time, "source": source, "line": line });
     serde_json::json!({
         "group_by": w.group_names,
         "key": values,
@@ -429,27 +817,212 @@ fn window_detail(
         "threshold": w.count,
         "count": measure,
         "distinct": w.distinct.as_ref().map(|(n, _)| n),
-        "first": first.map(|e| entry(&e.time, &e.source, e.line)),
-        "last": entry(&hit.finding.as_ref().and_then(|f| f.time.clone()), source, line),
+        "first": first.map(|(t, source, line)| serde_json::json!({
+            "time": rfc3339_nanos(t), "source": &*source, "line": line
+        })),
+        "last": { "time": null, "source": source, "line": line },
     })
 }
 
-/// Drops the stalest half of a window rule's keys: bounded memory against
-/// an attacker who sprays random addresses or users.
-fn evict_stalest_windows(map: &mut HashMap<String, WindowState>) {
-    let mut times: Vec<i64> = map.values().map(|s| s.latest).collect();
-    let mid = times.len() / 2;
-    let (_, median, _) = times.select_nth_unstable(mid);
-    let cut = *median;
-    map.retain(|_, s| s.latest > cut);
+/// `2026-11-25T22:47:06.681947058Z` (UTC, trailing zeros of the fraction trimmed, as Vault
+/// writes times).
+fn rfc3339_nanos(ns: i64) -> String {
+    use std::fmt::Write as _;
+    let secs = ns.div_euclid(1_000_000_000);
+    let frac = ns.rem_euclid(1_000_000_000);
+    let (y, m, d) = crate::archive::civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    let mut out = format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    );
+    if frac != 0 {
+        let digits = format!("{frac:09}");
+        let _ = write!(out, ".{}", digits.trim_end_matches('0'));
+    }
+    out.push('Z');
+    out
 }
 
 /// Drops the half of the throttle state with the oldest times: bounded
 /// memory whatever an attacker sprays.
-fn evict_stalest(map: &mut HashMap<(usize, String), i64>) {
+fn evict_stalest(map: &mut HashMap<(usize, u64), i64>) {
     let mut times: Vec<i64> = map.values().copied().collect();
     let mid = times.len() / 2;
     let (_, median, _) = times.select_nth_unstable(mid);
     let cut = *median;
     map.retain(|_, t| *t > cut);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_render_as_vault_writes_them() {
+        let t = crate::parse::parse_time_nanos("2026-11-25T22:47:06.68194705Z").unwrap();
+        assert_eq!(rfc3339_nanos(t), "2026-11-25T22:47:06.68194705Z");
+        let t = crate::parse::parse_time_nanos("2026-11-25T22:47:06Z").unwrap();
+        assert_eq!(rfc3339_nanos(t), "2026-11-25T22:47:06Z");
+        assert_eq!(rfc3339_nanos(-1), "1969-12-31T23:59:59.999999999Z");
+    }
+
+    use crate::analyze::{Analyzer, BlockResult, Hit};
+    use crate::rules::{RuleSelection, WINDOW_STATE_MAX};
+
+    /// A compact failed userpass login for `user` from `addr`, `micros` µs after a start.
+    fn failure(micros: u64, addr: &str, user: &str) -> String {
+        let t = format!(
+            "2026-11-25T10:{:02}:{:02}.{:06}Z",
+            micros / 60_000_000,
+            micros / 1_000_000 % 60,
+            micros % 1_000_000
+        );
+        format!(
+            r#"{{"time":"{t}","type":"response","auth":{{"token_type":"default"}},"request":{{"id":"r","operation":"update","mount_point":"auth/userpass/","mount_type":"userpass","namespace":{{"id":"root"}},"path":"auth/userpass/login/{user}","remote_address":"{addr}"}},"response":{{"mount_point":"auth/userpass/","data":{{"error":"hmac-sha256:00"}}}},"error":"invalid credentials"}}"#
+        )
+    }
+
+    /// A million failed logins, each from its own address and for its own user (an attacker
+    /// spraying every window rule's key), through the built-in window rules with their
+    /// default caps. The flood's hits are made from the analyser's hits for one template
+    /// line (the analyser itself is too slow for a million lines in a debug build); real
+    /// attacks go through the analyser. Keys and bytes stay within each rule's caps after
+    /// every block, evictions are counted, and a slow brute force inside the flood and a
+    /// fast one after it still fire.
+    #[test]
+    fn a_million_sprayed_keys_stay_under_the_caps_and_real_attacks_still_fire() {
+        let rules = Arc::new(
+            RuleSet::load_selected(
+                None,
+                &RuleSelection {
+                    only: vec!["brute_force.*".into(), "acl.denied_*".into()],
+                    disable: Vec::new(),
+                },
+            )
+            .unwrap(),
+        );
+        let analyzer = Analyzer::new(rules.clone(), false, 1 << 20);
+        let template =
+            analyzer.scan_block(format!("{}\n", failure(0, "192.0.2.1", "tmpl")).as_bytes());
+        assert_eq!(
+            template.hits.len(),
+            4,
+            "the four login window rules count it"
+        );
+        let flood_hit = |t: &Hit, idx: u64, n: u64| -> Hit {
+            let addr = format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255);
+            let user = format!("u{n:x}");
+            let swap = |v: &Option<String>| {
+                v.as_ref()
+                    .map(|v| v.replace("192.0.2.1", &addr).replace("tmpl", &user))
+            };
+            Hit {
+                rule: t.rule,
+                line_idx: idx,
+                offset: 0,
+                finding: None,
+                raw: None,
+                throttle_key: None,
+                // 10 µs apart: the whole flood stays inside every window.
+                time_ns: t.time_ns.map(|t0| t0 + n as i64 * 10_000),
+                role: t.role,
+                group: swap(&t.group),
+                distinct: swap(&t.distinct),
+            }
+        };
+        let mut judge = Judge::new(rules.clone());
+        let mut pos = StreamPos {
+            kind: SourceKind::Stdin,
+            name: "-".into(),
+            lines_before: 0,
+        };
+        let mut fired = Vec::new();
+        type Fired = Vec<(String, Option<String>)>;
+        let judge_block =
+            |judge: &mut Judge, pos: &mut StreamPos, result: BlockResult, fired: &mut Fired| {
+                judge.block(pos, 0, result, false, &mut |f| {
+                    fired.push((f.rule.clone(), f.actor.remote_address.clone()))
+                });
+                for u in judge.window_usage() {
+                    assert!(u.keys <= u.max_keys, "{u:?}");
+                    assert!(u.bytes <= u.max_state, "{u:?}");
+                }
+                assert!(judge.window_state_bytes() as u64 <= judge.stats.window_state_cap);
+            };
+        const FLOOD: u64 = 1_000_000;
+        const BLOCK: u64 = 20_000;
+        for b in 0..FLOOD / BLOCK {
+            let mut result = BlockResult {
+                lines: BLOCK,
+                entries: BLOCK,
+                ..Default::default()
+            };
+            for i in 0..BLOCK {
+                let n = b * BLOCK + i;
+                for t in &template.hits {
+                    result.hits.push(flood_hit(t, i, n));
+                }
+            }
+            judge_block(&mut judge, &mut pos, result, &mut fired);
+            // A slow brute force inside the flood: one failure per 5,000 sprayed entries.
+            if b < 3 {
+                for k in 1..=4 {
+                    let n = b * BLOCK + k * 5_000;
+                    let line = failure(n * 10, "198.51.100.9", "alice") + "\n";
+                    let result = analyzer.scan_block(line.as_bytes());
+                    judge_block(&mut judge, &mut pos, result, &mut fired);
+                }
+            }
+        }
+        let s = judge.stats.clone();
+        assert_eq!(s.window_state_cap, 6 * WINDOW_STATE_MAX as u64);
+        assert!(s.window_evictions >= 4, "{s:?}");
+        assert!(s.window_keys_evicted > 3 * FLOOD, "{s:?}");
+        assert!(s.window_state_bytes_peak <= s.window_state_cap, "{s:?}");
+        for u in judge.window_usage() {
+            if u.rule.starts_with("brute_force.") {
+                assert!(u.keys > 10_000, "the caps bind, not an empty table: {u:?}");
+            }
+        }
+        // Twelve failures for alice from one address: by address and by user.
+        let slow = Some("198.51.100.9".to_string());
+        assert_eq!(
+            fired,
+            [
+                ("brute_force.address".to_string(), slow.clone()),
+                ("brute_force.user".to_string(), slow)
+            ],
+            "the slow brute force fires, the spray does not"
+        );
+        // A real brute force right after the flood.
+        fired.clear();
+        let burst: String = (0..10)
+            .map(|i| failure(FLOOD * 10 + i * 1_000_000, "203.0.113.7", "bob") + "\n")
+            .collect();
+        let result = analyzer.scan_block(burst.as_bytes());
+        judge_block(&mut judge, &mut pos, result, &mut fired);
+        assert!(
+            fired.contains(&(
+                "brute_force.address".to_string(),
+                Some("203.0.113.7".to_string())
+            )),
+            "{fired:?}"
+        );
+    }
+
+    #[test]
+    fn table_accounting_matches_the_key_limit() {
+        for cap in [1usize << 10, 1 << 20, 8 << 20, 16 << 20] {
+            let keys = keys_within(cap);
+            let mut m = KeyMap::default();
+            m.reserve(keys);
+            assert!(table_bytes(m.capacity()) <= cap, "{cap}: {keys} keys");
+            assert!(table_bytes(keys) <= cap);
+            assert!(keys * 4 > cap / (std::mem::size_of::<(u64, WindowState)>() + 1));
+        }
+        assert_eq!(std::mem::size_of::<WindowEvent>(), 40);
+    }
 }

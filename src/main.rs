@@ -403,6 +403,11 @@ fn run_rules(cmd: RulesCommand) -> Result<ExitCode> {
                             "fixtures": r.fixtures.len(),
                             "throttle": r.throttle.as_ref().map(|t| serde_json::json!({
                                 "key": t.key_names, "window_seconds": t.window.as_secs()})),
+                            "window": r.window.as_ref().map(|w| serde_json::json!({
+                                "group_by": w.group_names, "count": w.count,
+                                "within_seconds": w.within.as_secs_f64(),
+                                "distinct": w.distinct.as_ref().map(|(n, _)| n),
+                                "max_keys": w.max_keys, "max_state": w.max_state})),
                         });
                         writeln!(out, "{v}")?;
                     }

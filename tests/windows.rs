@@ -89,6 +89,11 @@ fn brute_force_by_address_fires_at_the_threshold_and_not_below() {
     assert_eq!(w["key"][0], "127.0.0.1");
     assert_eq!(w["first"]["line"], 1);
     assert_eq!(w["last"]["line"], 10);
+    // `first.time` is rendered from the counted time as Vault writes times (zeros trimmed);
+    // `last.time` is the entry's own.
+    assert_eq!(w["first"]["time"], "2026-11-25T10:00:00Z");
+    assert_eq!(w["last"]["time"], "2026-11-25T10:00:45.000000000Z");
+    assert_eq!(w["last"]["time"], hits[0]["time"]);
     assert_eq!(
         hits[0]["source"]["line"], 10,
         "reported on the entry that crossed the threshold"
@@ -338,4 +343,105 @@ fn disable_and_only_select_rules_and_typos_are_errors() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A compact failed userpass login (the shape of the captured ones, fewer fields) for `user`
+/// from `addr`, `micros` µs after a fixed start.
+fn compact_failure(micros: u64, addr: &str, user: &str) -> String {
+    let t = format!(
+        "2026-11-25T10:{:02}:{:02}.{:06}Z",
+        micros / 60_000_000,
+        micros / 1_000_000 % 60,
+        micros % 1_000_000
+    );
+    format!(
+        r#"{{"time":"{t}","type":"response","auth":{{"token_type":"default"}},"request":{{"id":"r","operation":"update","mount_point":"auth/userpass/","mount_type":"userpass","namespace":{{"id":"root"}},"path":"auth/userpass/login/{user}","remote_address":"{addr}"}},"response":{{"mount_point":"auth/userpass/","data":{{"error":"hmac-sha256:00"}}}},"error":"invalid credentials"}}"#
+    )
+}
+
+/// End to end with a byte cap: a replay of 40,000 failed logins from distinct addresses
+/// through a window rule with `max_state = "128KiB"` keeps its accounted state under the cap
+/// (reported in `--stats-json`), counts its evictions, and still reports the brute force that
+/// follows. (The million-key flood is a unit test in `engine.rs`.)
+#[test]
+fn max_state_caps_window_bytes_in_a_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = r#"
+[[rule]]
+id = "t.burst"
+title = "t"
+category = "brute_force"
+severity = "high"
+description = "d"
+[rule.window]
+group_by = ["request.remote_address"]
+count = 10
+within = "1h"
+max_state = "128KiB"
+[rule.when]
+all = [
+  { field = "kind", equals = "response" },
+  { field = "path", glob = "auth/**/login/*" },
+]
+"#;
+    std::fs::write(dir.path().join("t.toml"), pack).unwrap();
+    let mut log = String::new();
+    for n in 0..40_000u64 {
+        let addr = format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255);
+        log.push_str(&compact_failure(n * 10, &addr, "alice"));
+        log.push('\n');
+    }
+    for i in 0..10 {
+        log.push_str(&compact_failure(400_000 + i * 1_000, "203.0.113.7", "bob"));
+        log.push('\n');
+    }
+    let p = dir.path().join("flood.log");
+    std::fs::write(&p, log).unwrap();
+    let stats = dir.path().join("stats.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+        .args(["replay", "-q", "--only", "t.*", "--patterns"])
+        .arg(dir.path())
+        .arg("--stats-json")
+        .arg(&stats)
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let findings: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0]["detail"]["window"]["key"][0], "203.0.113.7");
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(s["window_state_cap"], 128 * 1024);
+    let peak = s["window_state_bytes_peak"].as_u64().unwrap();
+    assert!(peak <= 128 * 1024 && peak > 64 * 1024, "{s}");
+    assert!(s["window_evictions"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["window_keys_evicted"].as_u64().unwrap() > 35_000, "{s}");
+    assert!(s["window_keys"].as_u64().unwrap() < 2_000, "{s}");
+    // A cap below 64KiB, or not a size, is refused with the rule's location.
+    for bad in ["1KiB", "lots"] {
+        std::fs::write(
+            dir.path().join("t.toml"),
+            pack.replace("\"128KiB\"", &format!("{bad:?}")),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+            .args(["rules", "list", "--patterns"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("t.toml:") && err.contains("window.max_state"),
+            "{err}"
+        );
+    }
 }

@@ -17,6 +17,8 @@
 //!   { field = "path", glob = ["sys/raw", "sys/raw/**"] },
 //! ] }
 //! throttle = { key = ["auth.accessor"], window = "1h" }  # optional
+//! # or a counter: [rule.window] group_by, count, within, distinct, trigger,
+//! # max_keys and max_state (see `Window` and the state caps in `crate::engine`)
 //!
 //! [[rule.fixture]]
 //! expect = "fire"                         # or "quiet"
@@ -126,6 +128,8 @@ struct WindowDef {
     trigger: Option<CondDef>,
     #[serde(default)]
     max_keys: Option<usize>,
+    #[serde(default)]
+    max_state: Option<String>,
 }
 
 /// A stateful rule: the entries its `when` matches are counted per key in a
@@ -141,12 +145,19 @@ pub struct Window {
     pub distinct: Option<(String, Field)>,
     /// Fire on an entry matching this, when the window already holds `count`.
     pub trigger: Option<Cond>,
-    /// Keys kept at most; the stalest half is dropped when full.
+    /// Keys kept at most; the less valuable half is dropped when full.
     pub max_keys: usize,
+    /// Bytes of state kept at most (see [`crate::engine`] for what is counted); the less
+    /// valuable half of the keys is dropped when full.
+    pub max_state: usize,
 }
 
 /// Default cap of keys a window rule tracks.
 pub const WINDOW_KEYS_MAX: usize = 65_536;
+/// Default cap of the bytes of state a window rule keeps (`max_state`).
+pub const WINDOW_STATE_MAX: usize = 8 << 20;
+/// The smallest `max_state` a rule may set.
+pub const WINDOW_STATE_MIN: usize = 64 << 10;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -780,6 +791,18 @@ fn parse_file(origin: &str, text: &str, off: &mut Vec<String>) -> Result<Vec<Rul
                     }
                     None => None,
                 };
+                let max_state = match &w.max_state {
+                    None => WINDOW_STATE_MAX,
+                    Some(t) => crate::config::parse_size(t)
+                        .ok()
+                        .and_then(|v| usize::try_from(v).ok())
+                        .filter(|&v| v >= WINDOW_STATE_MIN)
+                        .ok_or_else(|| {
+                            fail(format!(
+                                "window.max_state {t:?}: a size of at least 64KiB (e.g. \"16MiB\")"
+                            ))
+                        })?,
+                };
                 Some(Window {
                     group_by,
                     group_names: w.group_by,
@@ -788,6 +811,7 @@ fn parse_file(origin: &str, text: &str, off: &mut Vec<String>) -> Result<Vec<Rul
                     distinct,
                     trigger,
                     max_keys: w.max_keys.unwrap_or(WINDOW_KEYS_MAX).max(1),
+                    max_state,
                 })
             }
         };

@@ -233,6 +233,40 @@ struct Envelope {
     msg: Msg,
 }
 
+impl Msg {
+    fn hits(&self) -> usize {
+        match self {
+            Msg::Analysed { result, .. } => result.hits.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// Results the collector holds for units after its current one wait until it gets there. On
+/// a log where most lines are hits (a flood of failed logins) that could be half a file's
+/// results: past [`AHEAD_HITS_MAX`] hits sent and not yet judged, the workers on later units
+/// pause. The worker on the collector's current unit never waits.
+#[derive(Default)]
+struct Ahead {
+    /// The collector's current unit.
+    current: AtomicUsize,
+    /// Hits sent and not yet judged.
+    hits: AtomicUsize,
+}
+
+/// About 16–64 MiB of hits (a hit is 150 bytes plus its key strings, or a finding).
+const AHEAD_HITS_MAX: usize = 1 << 16;
+
+impl Ahead {
+    fn wait_for_room(&self, unit: usize) {
+        while unit > self.current.load(Ordering::Acquire)
+            && self.hits.load(Ordering::Relaxed) > AHEAD_HITS_MAX
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 /// What a replay did.
 pub struct ReplayOutcome {
     pub stats: crate::engine::Stats,
@@ -256,6 +290,7 @@ pub fn replay(
     // catches up, and bounding them bounds memory.
     let (msg_tx, msg_rx) = bounded::<Envelope>(threads * 8);
     let analyzer = Analyzer::new(rules.clone(), opts.strict, opts.max_line);
+    let ahead = Arc::new(Ahead::default());
     let next_unit = Arc::new(AtomicUsize::new(0));
     let inputs_arc: Arc<Vec<Input>> = Arc::new(inputs.to_vec());
 
@@ -269,12 +304,17 @@ pub fn replay(
         let inputs = inputs_arc.clone();
         let units = units.clone();
         let analyzer = analyzer.clone();
+        let ahead = ahead.clone();
         let max_line = opts.max_line;
         let (mmap, chunk) = (opts.mmap, opts.read_size);
         handles.push(std::thread::spawn(move || loop {
             let u = next_unit.fetch_add(1, Ordering::Relaxed);
             let Some(unit) = units.get(u) else { break };
-            let mut send = |seq: u64, msg: Msg| msg_tx.send(Envelope { unit: u, seq, msg }).is_ok();
+            let mut send = |seq: u64, msg: Msg| {
+                ahead.wait_for_room(u);
+                ahead.hits.fetch_add(msg.hits(), Ordering::Relaxed);
+                msg_tx.send(Envelope { unit: u, seq, msg }).is_ok()
+            };
             let input = &inputs[unit.input];
             if mmap {
                 if let Some(map) = settled_map(input) {
@@ -292,6 +332,7 @@ pub fn replay(
         inputs,
         &units,
         msg_rx,
+        &ahead,
         &mut judge,
         opts.progress,
         opts.max_line,
@@ -620,6 +661,7 @@ fn collect(
     inputs: &[Input],
     units: &[Unit],
     rx: Receiver<Envelope>,
+    ahead: &Ahead,
     judge: &mut Judge,
     progress: bool,
     max_line: usize,
@@ -642,6 +684,7 @@ fn collect(
                 break;
             };
             next_seq[current] += 1;
+            ahead.hits.fetch_sub(msg.hits(), Ordering::Relaxed);
             let p = pos.as_mut().expect("position of current input");
             match msg {
                 Msg::Analysed {
@@ -668,6 +711,7 @@ fn collect(
                 }
                 Msg::End => {
                     current += 1;
+                    ahead.current.store(current, Ordering::Release);
                     // The next range of the same input carries on its line count.
                     if let Some(u) = units.get(current) {
                         if u.input != units[current - 1].input {

@@ -31,9 +31,10 @@
 //! Accounting ([`Judge::window_state_bytes`], [`Stats::window_state_bytes`]) is approximate
 //! but errs high: the hash table by its capacity (`capacity × 8/7` buckets of
 //! `size_of::<(u64, WindowState)>() + 1` bytes, hashbrown's layout), the event queues by their
-//! capacity (`size_of::<WindowEvent>()` each), and each held event's source name as if it had
-//! its own copy (it shares one `Arc<str>` per stream). Allocator overhead is not counted.
-//! A table never grows past half of `max_state`, so evicting always makes room.
+//! capacity (`size_of::<WindowEvent>()` each, plus 16 bytes of allocator overhead per queue),
+//! and each held event's source name as if it had its own copy (it shares one `Arc<str>` per
+//! stream). A table never grows past half of `max_state`, so evicting always makes room; while
+//! an eviction rebuilds the table, the old one is held too for a moment (not counted).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -172,6 +173,18 @@ impl WindowEvent {
     }
 }
 
+/// What a heap block costs beyond the bytes asked for (glibc: an 8-byte header, sizes rounded
+/// up to 16).
+const ALLOC_OVERHEAD: usize = 16;
+
+/// Accounted bytes of an event queue of `capacity`: its block and the allocator's overhead.
+fn queue_bytes(capacity: usize) -> usize {
+    match capacity {
+        0 => 0,
+        c => c * std::mem::size_of::<WindowEvent>() + ALLOC_OVERHEAD,
+    }
+}
+
 /// One group key's window.
 #[derive(Debug)]
 struct WindowState {
@@ -194,7 +207,7 @@ impl WindowState {
 
     /// Accounted bytes: queue capacity plus the held events' names.
     fn bytes(&self) -> usize {
-        self.events.capacity() * std::mem::size_of::<WindowEvent>()
+        queue_bytes(self.events.capacity())
             + self
                 .events
                 .iter()
@@ -681,7 +694,7 @@ impl Judge {
             stats.window_late_events += 1;
             return None;
         }
-        let slots_before = st.events.capacity();
+        let queue_before = queue_bytes(st.events.capacity());
         let mut added = event.owned_bytes();
         let mut freed = 0;
         st.events.push_back(event);
@@ -694,7 +707,7 @@ impl Judge {
             stats.window_events_dropped += 1;
         }
         freed += st.expire(within);
-        added += (st.events.capacity() - slots_before) * std::mem::size_of::<WindowEvent>();
+        added += queue_bytes(st.events.capacity()) - queue_before;
         rw.event_bytes = rw.event_bytes + added - freed;
         if w.trigger.is_none() {
             let measure = st.measure(w, scratch);
@@ -725,7 +738,7 @@ impl Judge {
     ) {
         // The table stays within half the byte cap, so evicting always makes room.
         let max_keys = w.max_keys.min(keys_within(w.max_state / 2)).max(1);
-        let new_key = std::mem::size_of::<WindowEvent>() + event_owned;
+        let new_key = queue_bytes(1) + event_owned;
         loop {
             let len = rw.keys.len();
             let capacity = rw.keys.capacity();

@@ -2,8 +2,16 @@
 //!
 //! ```text
 //! cargo run --release --example gen_corpus -- --seed 42 --size 1GiB \
-//!     --profile realistic|all-candidates --out FILE [--summary-json FILE]
+//!     --profile realistic|all-candidates|flood --out FILE [--summary-json FILE] \
+//!     [--entries N] [--failed-login-share PERCENT]
 //! ```
+//!
+//! `flood` writes failed userpass logins (response lines only, 10 µs apart), each from its own
+//! remote address and for its own user: an attacker spraying random values at the window rules.
+//! It ends with a real brute force (20 failures from 203.0.113.7 for `alice.smith`, one a
+//! second), which the window rules must still report. `--entries N` stops after N lines (the
+//! burst comes after them); `--failed-login-share P` makes P % of the `realistic` profile's
+//! pairs failed logins (an incident), instead of its usual 0.66 %.
 //!
 //! Writes one compact JSON object per line, in OpenBao 2.x key order
 //! (`time,type,auth,request,response,error`), as request+response pairs with
@@ -702,7 +710,25 @@ fn build_pools(rng: &mut Rng, base_ns: u64) -> Pools {
 enum Profile {
     Realistic,
     AllCandidates,
+    Flood,
 }
+
+impl Profile {
+    fn name(self) -> &'static str {
+        match self {
+            Profile::Realistic => "realistic",
+            Profile::AllCandidates => "all-candidates",
+            Profile::Flood => "flood",
+        }
+    }
+}
+
+/// The flood's closing brute force: this many failures, one a second, from this address.
+const FLOOD_BURST: u64 = 20;
+const FLOOD_BURST_ADDRESS: &str = "203.0.113.7";
+const FLOOD_BURST_USER: &str = "alice.smith";
+/// Time between flood lines: 10 million lines span 100 s, inside every built-in window.
+const FLOOD_STEP_NS: u64 = 10_000;
 
 const FLUSH_AT: usize = 4 << 20;
 /// Share of responses written after the next request (concurrent requests interleave).
@@ -2023,7 +2049,25 @@ impl<W: Write> Gen<W> {
         }
     }
 
-    fn realistic_event(&mut self, p: &Pools) {
+    /// A failed login of a random shape, in the realistic profile's proportions.
+    fn login_failed_any(&mut self, p: &Pools) {
+        let kind = match self.rng.below(660) {
+            0..=239 => K::failed_userpass_wrong_password,
+            240..=359 => K::failed_userpass_unknown_user,
+            360..=479 => K::failed_approle_bad_secret_id,
+            480..=599 => K::failed_approle_bad_role_id,
+            _ => K::failed_userpass_lockout,
+        };
+        self.login_failed(p, kind);
+    }
+
+    fn realistic_event(&mut self, p: &Pools, failed_login_share: f64) {
+        // An incident: this share of the pairs are failed logins (off by default, so the
+        // default corpus keeps its bytes).
+        if failed_login_share > 0.0 && self.rng.chance(failed_login_share) {
+            self.login_failed_any(p);
+            return;
+        }
         // per-100k of events
         let x = self.rng.below(100_000);
         match x {
@@ -2068,6 +2112,76 @@ impl<W: Write> Gen<W> {
         }
     }
 
+    /// A failed userpass login (wrong password), response line only, from `addr` for `user`,
+    /// `step_ns` after the previous line.
+    fn flood_failure(&mut self, p: &Pools, addr: &[u8], user: &str, step_ns: u64) {
+        self.failed_login_events += 1;
+        self.count(K::failed_userpass_wrong_password);
+        self.events += 1;
+        self.req_open(None, "update", Some(&p.userpass), &p.ns_root);
+        self.p("auth/userpass/login/");
+        self.p(user);
+        self.path_end();
+        self.r.extend_from_slice(b",\"data\":{\"password\":");
+        push_hmac(&mut self.r, &mut self.rng);
+        self.r.push(b'}');
+        self.req_close(addr);
+        self.resp_open(Some(&p.userpass));
+        self.resp_data_open();
+        self.rs.extend_from_slice(b"\"error\":");
+        self.rs.extend_from_slice(&p.h_invalid_userpass);
+        self.rs.push(b'}');
+        self.resp_close();
+        self.clock_ns += step_ns;
+        let start = self.out.len();
+        self.out.extend_from_slice(b"{\"time\":\"");
+        push_time(&mut self.out, self.clock_ns, true);
+        self.out.extend_from_slice(b"\",\"type\":\"response\"");
+        self.out.extend_from_slice(b",\"auth\":");
+        self.out.extend_from_slice(Self::DEFAULT_AUTH);
+        self.out.push(b',');
+        self.out.extend_from_slice(&self.r);
+        self.out.push(b',');
+        self.out.extend_from_slice(&self.rs);
+        self.out
+            .extend_from_slice(b",\"error\":\"invalid credentials\"}\n");
+        self.line_done(start);
+    }
+
+    /// Flood entry `n`: its own address (a bijection of `n` over 10.0.0.0/8, then
+    /// 2001:db8::/64) and its own user.
+    fn flood_event(&mut self, p: &Pools, n: u64) {
+        let mut addr = Vec::with_capacity(40);
+        if n < 1 << 24 {
+            let x = (n.wrapping_mul(0x9E37_79B1) ^ 0x5A_5A5A) & 0xFF_FFFF;
+            addr.extend_from_slice(b"10.");
+            push_u64(&mut addr, x >> 16);
+            addr.push(b'.');
+            push_u64(&mut addr, (x >> 8) & 255);
+            addr.push(b'.');
+            push_u64(&mut addr, x & 255);
+        } else {
+            addr.extend_from_slice(format!("2001:db8::{:x}:{:x}", n >> 16, n & 0xFFFF).as_bytes());
+        }
+        let user = if n < 1 << 24 {
+            format!("user-{:06x}", n.wrapping_mul(0xC2B2_AE35) & 0xFF_FFFF)
+        } else {
+            format!("user-{n:x}")
+        };
+        self.flood_failure(p, &addr, &user, FLOOD_STEP_NS);
+    }
+
+    fn flood_burst(&mut self, p: &Pools) {
+        for _ in 0..FLOOD_BURST {
+            self.flood_failure(
+                p,
+                FLOOD_BURST_ADDRESS.as_bytes(),
+                FLOOD_BURST_USER,
+                1_000_000_000,
+            );
+        }
+    }
+
     fn candidate_event(&mut self, p: &Pools) {
         let y = self.rng.below(10_000) * 6_612 / 10_000;
         let id = &p.roots[self.rng.below(p.roots.len() as u64) as usize];
@@ -2105,22 +2219,30 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 struct Args {
     seed: u64,
+    /// Stop at this many bytes (default 1 GiB, unless `--entries` is given).
     size: u64,
+    /// Stop at this many lines.
+    entries: Option<u64>,
     profile: Profile,
+    /// Share (0..1) of realistic pairs that are failed logins, on top of the usual ones.
+    failed_login_share: f64,
     out: String,
     summary_json: Option<String>,
 }
 
-const USAGE: &str = "usage: gen_corpus [--seed N] [--size 1GiB] [--profile realistic|all-candidates] --out FILE|- [--summary-json FILE]";
+const USAGE: &str = "usage: gen_corpus [--seed N] [--size 1GiB] [--entries N] [--profile realistic|all-candidates|flood] [--failed-login-share PERCENT] --out FILE|- [--summary-json FILE]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         seed: 42,
         size: 1 << 30,
+        entries: None,
         profile: Profile::Realistic,
+        failed_login_share: 0.0,
         out: String::new(),
         summary_json: None,
     };
+    let mut size_given = false;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -2135,11 +2257,27 @@ fn parse_args() -> Result<Args, String> {
         };
         match key.as_str() {
             "--seed" => a.seed = val()?.parse().map_err(|e| format!("--seed: {e}"))?,
-            "--size" => a.size = parse_size(&val()?)?,
+            "--size" => {
+                a.size = parse_size(&val()?)?;
+                size_given = true;
+            }
+            "--entries" => a.entries = Some(val()?.parse().map_err(|e| format!("--entries: {e}"))?),
+            "--failed-login-share" => {
+                let v = val()?;
+                let pct: f64 = v
+                    .trim_end_matches('%')
+                    .parse()
+                    .map_err(|e| format!("--failed-login-share: {e}"))?;
+                if !(0.0..=100.0).contains(&pct) {
+                    return Err("--failed-login-share: a percentage, 0 to 100".into());
+                }
+                a.failed_login_share = pct / 100.0;
+            }
             "--profile" => {
                 a.profile = match val()?.as_str() {
                     "realistic" => Profile::Realistic,
                     "all-candidates" => Profile::AllCandidates,
+                    "flood" => Profile::Flood,
                     other => return Err(format!("unknown profile {other:?}")),
                 }
             }
@@ -2154,6 +2292,12 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.out.is_empty() {
         return Err(format!("--out is required\n{USAGE}"));
+    }
+    if a.entries.is_some() && !size_given {
+        a.size = u64::MAX;
+    }
+    if a.failed_login_share > 0.0 && a.profile != Profile::Realistic {
+        return Err("--failed-login-share applies to the realistic profile".into());
     }
     Ok(a)
 }
@@ -2196,10 +2340,7 @@ fn summary<W: Write>(g: &Gen<W>, args: &Args, secs: f64) -> String {
         m
     };
     let bytes = g.flushed;
-    let profile = match args.profile {
-        Profile::Realistic => "realistic",
-        Profile::AllCandidates => "all-candidates",
-    };
+    let profile = args.profile.name();
 
     let mut s = String::new();
     let _ = writeln!(
@@ -2311,17 +2452,28 @@ fn summary<W: Write>(g: &Gen<W>, args: &Args, secs: f64) -> String {
         g.escape_lines,
         100.0 * g.escape_lines as f64 / g.lines.max(1) as f64
     );
+    if args.profile == Profile::Flood {
+        let _ = writeln!(
+            s,
+            "  flood: {} failed logins, each from its own address and for its own user, {} µs apart; then {FLOOD_BURST} failures from {FLOOD_BURST_ADDRESS} for {FLOOD_BURST_USER}, one a second: expect brute_force.address and brute_force.user for it, and no other window finding",
+            g.lines - FLOOD_BURST,
+            FLOOD_STEP_NS / 1000
+        );
+    }
+    if args.failed_login_share > 0.0 {
+        let _ = writeln!(
+            s,
+            "  --failed-login-share {}: that share of the pairs are extra failed logins",
+            args.failed_login_share * 100.0
+        );
+    }
     s
 }
 
 fn summary_json<W: Write>(g: &Gen<W>, args: &Args, secs: f64) -> String {
     let c = |k: K| g.counts[k as usize];
     let mut j = String::from("{");
-    let profile = if args.profile == Profile::Realistic {
-        "realistic"
-    } else {
-        "all-candidates"
-    };
+    let profile = args.profile.name();
     let _ = write!(
         j,
         "\"profile\":\"{profile}\",\"seed\":{},\"size_requested\":{},\"bytes\":{},\"entries\":{},\"pairs\":{},\"gen_seconds\":{secs:.3}",
@@ -2357,6 +2509,14 @@ fn summary_json<W: Write>(g: &Gen<W>, args: &Args, secs: f64) -> String {
         ",\"privileged_events\":{privileged},\"root_created_events\":{root_created},\"root_used_events\":{},\"root_used_lines\":{},\"failed_login_events\":{},\"decoy_events\":{decoys},\"grep_pattern_lines\":{},\"escape_lines\":{},\"interleaved_responses\":{},\"lines_over_16k\":{},\"lines_over_512k\":{}",
         g.root_used_events, g.root_used_lines, g.failed_login_events, g.grep_c_lines, g.escape_lines, g.interleaved, g.lines_over_16k, g.lines_over_512k
     );
+    if args.profile == Profile::Flood {
+        let _ = write!(
+            j,
+            ",\"flood_sprayed\":{},\"flood_burst\":{FLOOD_BURST},\"flood_burst_address\":\"{FLOOD_BURST_ADDRESS}\"",
+            g.lines - FLOOD_BURST
+        );
+    }
+    let _ = write!(j, ",\"failed_login_share\":{}", args.failed_login_share);
     j.push_str(",\"kinds\":{");
     for (i, n) in KNAMES.iter().enumerate() {
         if i > 0 {
@@ -2413,14 +2573,20 @@ fn run_json<W: Write>(args: &Args, w: W) -> io::Result<(String, String)> {
     let pools = build_pools(&mut pool_rng, base_ns);
     let mut g = Gen::new(args.seed, w, base_ns);
     let t0 = Instant::now();
-    while g.bytes() < args.size {
+    let mut n = 0u64;
+    while g.bytes() < args.size && args.entries.is_none_or(|e| g.lines < e) {
         match args.profile {
-            Profile::Realistic => g.realistic_event(&pools),
+            Profile::Realistic => g.realistic_event(&pools, args.failed_login_share),
             Profile::AllCandidates => g.candidate_event(&pools),
+            Profile::Flood => g.flood_event(&pools, n),
         }
+        n += 1;
         if g.out.len() >= FLUSH_AT {
             g.flush()?;
         }
+    }
+    if args.profile == Profile::Flood {
+        g.flood_burst(&pools);
     }
     g.finish()?;
     let secs = t0.elapsed().as_secs_f64();

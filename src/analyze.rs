@@ -270,8 +270,9 @@ impl Analyzer {
         offset: u64,
         out: &mut BlockResult,
     ) {
-        // One copy of the line for all its deferred hits.
+        // One copy of the line for all its deferred hits, one parse of its time.
         let mut shared: Option<std::sync::Arc<[u8]>> = None;
+        let mut time: Option<Option<i64>> = None;
         for (rule_idx, role) in self.rules.matches(entry) {
             let rule = self.rules.get(rule_idx);
             let throttle_key = rule.throttle.as_ref().map(|t| {
@@ -303,7 +304,8 @@ impl Analyzer {
                     (complete.then_some(key), distinct)
                 }
             };
-            let time_ns = entry.time.as_deref().and_then(parse::parse_time_nanos);
+            let time_ns = *time
+                .get_or_insert_with(|| entry.time.as_deref().and_then(parse::parse_time_nanos));
             if let (Some(t), Some(key), Some(now)) = (&rule.throttle, &throttle_key, time_ns) {
                 let bucket = now.div_euclid(t.window.as_nanos().max(1) as i64);
                 if !out.throttled.insert((rule_idx, key.clone(), bucket)) {

@@ -17,11 +17,11 @@
 //!
 //! When a new key would pass `max_keys` or `max_state`, or an event pushes the rule past
 //! `max_state`, the **less valuable half** of the rule's keys is evicted (repeatedly, until
-//! the rule is under its caps). Value is, first, how close a key is to firing (its events
-//! still inside the window, capped at `count`; a key in its quiet period counts as full),
-//! then how recent its newest event is. So an attacker who sprays random addresses or users
-//! (one event per key) evicts the stalest of their own keys, not a key that is building up
-//! to a real finding. Every eviction is counted ([`Stats::window_evictions`],
+//! the rule is under its caps). Value is, first, how close a key is to firing (its events,
+//! capped at `count`, when its newest is still inside the window; a key in its quiet period
+//! counts as full), then how recent its newest event is. So an attacker who sprays random
+//! addresses or users (one event per key) evicts the stalest of their own keys, not a key that
+//! is building up to a real finding. Every eviction is counted ([`Stats::window_evictions`],
 //! [`Stats::window_keys_evicted`]); nothing is dropped silently.
 //!
 //! Keys are stored as 64-bit SipHash values under random keys (the group values themselves
@@ -240,21 +240,18 @@ impl WindowState {
         }
     }
 
-    /// How much the key is worth keeping at `now`: its events inside the window (capped at
-    /// `count`), or `count` while it is quiet after a finding.
+    /// How much the key is worth keeping at `now`: `count` while it is quiet after a finding;
+    /// else its events (capped at `count`) when its newest is still inside the window, 0 when
+    /// not. O(1): the queue itself is not read (it only holds events within one window of the
+    /// newest).
     fn value(&self, w: &Window, now: i64, within: i64) -> u32 {
         if now < self.quiet_until {
-            return w.count;
+            w.count
+        } else if self.latest < now.saturating_sub(within) {
+            0
+        } else {
+            (self.events.len() as u32).min(w.count)
         }
-        let oldest = now.saturating_sub(within);
-        let live = self
-            .events
-            .iter()
-            .rev()
-            .take(w.count as usize)
-            .filter(|e| e.time_ns >= oldest)
-            .count();
-        live as u32
     }
 }
 
@@ -626,6 +623,9 @@ impl Judge {
         };
         let bytes_after = rw.bytes();
         self.window_bytes = self.window_bytes - bytes_before + bytes_after;
+        // The peak is kept per event; the other gauges are copied once per block.
+        let peak = &mut self.stats.window_state_bytes_peak;
+        *peak = (*peak).max(self.window_bytes as u64);
         let (measure, first) = fired?;
         Some(window_detail(w, key, measure, first, &self.source, line))
     }

@@ -5,7 +5,7 @@
 //! # Window state and its memory cap
 //!
 //! Window rules (`[rule.window]`, see [`crate::rules::Window`]) keep, per rule, one
-//! [`WindowState`] per group key: the events still inside the window (entry time, the hash of
+//! `WindowState` per group key: the events still inside the window (entry time, the hash of
 //! the `distinct` value, source and line), the newest time seen and the end of the quiet
 //! period after a finding. The state is bounded three ways, all per rule:
 //!

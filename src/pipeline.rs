@@ -57,6 +57,9 @@ pub enum Ingest {
         source: Arc<SourceInfo>,
         block: Block,
         offset: u64,
+        /// Newlines in `block`, counted by the producer (which needs them
+        /// anyway, or runs on its own task): the archive stage is serial.
+        lines: u64,
     },
     /// A piece of a line longer than the maximum (archived, not analysed).
     Oversize {
@@ -233,10 +236,7 @@ pub async fn send_ingest(tx: &Sender<Ingest>, mut msg: Ingest, counters: &Counte
             Err(TrySendError::Full(m)) => {
                 if start.elapsed() >= INGEST_WAIT {
                     let (lines, bytes) = match &m {
-                        Ingest::Lines { block, .. } => (
-                            memchr::memchr_iter(b'\n', block).count() as u64,
-                            block.len() as u64,
-                        ),
+                        Ingest::Lines { block, lines, .. } => (*lines, block.len() as u64),
                         Ingest::Oversize { piece, done, .. } => {
                             (u64::from(*done), piece.len() as u64)
                         }
@@ -542,11 +542,11 @@ fn archive_stage(
                 source,
                 block,
                 offset,
+                lines: n,
             }) => {
                 if let Some(a) = archive.as_mut() {
                     a.append_lines(&block);
                 }
-                let n = memchr::memchr_iter(b'\n', &block).count() as u64;
                 Counters::add(&counters.lines_received, n);
                 let before = lines_before.entry(source.id).or_insert(0);
                 let name = source.name.clone();

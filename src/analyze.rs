@@ -10,6 +10,8 @@
 
 use std::sync::Arc;
 
+use crate::correlate::ResponseNote;
+
 use crate::finding::{finding_id, Actor, Finding, SourceKind, SourceRef};
 use crate::framing::{lines, trim_line};
 use crate::parse::{self, array_strings, object_keys, AuditEntry, ParseErrorKind};
@@ -107,6 +109,9 @@ pub struct BlockResult {
     #[doc(hidden)]
     pub throttled: std::collections::HashSet<(usize, String, i64)>,
     pub hits: Vec<Hit>,
+    /// Parsed response entries with a request id, in line order (the judge
+    /// joins them to the request findings it holds).
+    pub responses: Vec<crate::correlate::ResponseNote>,
     /// The first [`ERRORS_KEPT_PER_BLOCK`] errors, located.
     pub errors: Vec<LineError>,
 }
@@ -137,6 +142,8 @@ pub struct Analyzer {
     max_line: usize,
     /// Vault's optional device `prefix`, stripped before parsing.
     prefix: Option<Arc<[u8]>>,
+    /// Note parsed responses for the judge's request/response correlation.
+    correlate: bool,
 }
 
 impl Analyzer {
@@ -146,7 +153,15 @@ impl Analyzer {
             strict,
             max_line,
             prefix: None,
+            correlate: true,
         }
+    }
+
+    /// Whether to note parsed responses for correlation (off when the judge
+    /// does not correlate: `--correlate-wait 0`).
+    pub fn with_correlation(mut self, on: bool) -> Self {
+        self.correlate = on;
+        self
     }
 
     /// Strips `prefix` from the start of lines that carry it. A `str`, so a
@@ -229,7 +244,14 @@ impl Analyzer {
                     None => parse::parse_line(content),
                 };
                 match parsed {
-                    Ok(entry) => self.judge_line(&entry, content, idx, start as u64, &mut out),
+                    Ok(entry) => {
+                        self.judge_line(&entry, content, idx, start as u64, &mut out);
+                        if self.correlate {
+                            if let Some(note) = response_note(&entry, idx, start as u64) {
+                                out.responses.push(note);
+                            }
+                        }
+                    }
                     Err(e) => out.error(idx, start as u64, e.kind.into(), e.to_string()),
                 }
                 next = if self.strict {
@@ -389,6 +411,22 @@ pub fn build_finding(rule: &Rule, e: &AuditEntry<'_>, raw: &[u8]) -> Finding {
         },
         detail,
     }
+}
+
+/// A response entry with a request id, for the judge's correlation.
+fn response_note(e: &AuditEntry<'_>, line_idx: u64, offset: u64) -> Option<ResponseNote> {
+    if !matches!(Field::Kind.get(e), parse::Value::Str(ref s) if s == "response") {
+        return None;
+    }
+    let id = e.request.as_ref()?.id.as_deref()?;
+    Some(ResponseNote {
+        line_idx,
+        offset,
+        id_hash: crate::correlate::id_hash(id),
+        outcome: outcome(e),
+        time: owned(&e.time),
+        time_ns: e.time.as_deref().and_then(parse::parse_time_nanos),
+    })
 }
 
 /// `denied`, `failed` or `succeeded` for responses; `denied` or `attempted`

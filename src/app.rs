@@ -1013,7 +1013,8 @@ pub fn run(opts: RunOptions) -> Result<u8> {
                 Ok(())
             })
         };
-        let mut analyzer = Analyzer::new(rules.clone(), false, cfg.analysis.max_line_bytes);
+        let mut analyzer = Analyzer::new(rules.clone(), false, cfg.analysis.max_line_bytes)
+            .with_correlation(!cfg.analysis.correlate_wait.is_zero());
         if let Some(p) = &cfg.analysis.strip_prefix {
             analyzer = analyzer.with_prefix(p);
         }
@@ -1026,6 +1027,7 @@ pub fn run(opts: RunOptions) -> Result<u8> {
             analyzer,
             cfg.analysis.threads,
             backpressure,
+            cfg.analysis.correlate_wait,
             emit,
         );
         let alive = Arc::new(AtomicBool::new(true));

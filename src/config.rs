@@ -78,6 +78,7 @@ level = "info"              # error, warn, info, debug, trace, or a tracing filt
 threads = 0                 # analysis threads per source; 0: one per core
 max_line_bytes = "16MiB"    # longer entries are archived and counted, not analysed
 # strip_prefix = "vault:"   # the audit device's `prefix` option, if you set one
+correlate_wait = "2s"       # a request's finding waits this long for its response; "0s": off
 
 # ---- sources: any number of listen and tail sources ----------------------------------------
 
@@ -241,6 +242,8 @@ pub struct AnalysisConfig {
     pub threads: usize,
     pub max_line_bytes: usize,
     pub strip_prefix: Option<String>,
+    /// How long a request's finding waits for its response (zero: off).
+    pub correlate_wait: Duration,
 }
 
 /// A socket source (see [`crate::listen`]).
@@ -627,6 +630,7 @@ struct RawAnalysis {
     threads: Option<usize>,
     max_line_bytes: Option<Size>,
     strip_prefix: Option<String>,
+    correlate_wait: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -842,6 +846,12 @@ fn build(
         threads,
         max_line_bytes: max_line_bytes as usize,
         strip_prefix: raw.analysis.strip_prefix.filter(|p| !p.is_empty()),
+        correlate_wait: match raw.analysis.correlate_wait.as_deref() {
+            None => crate::correlate::DEFAULT_WAIT,
+            Some(d) => {
+                parse_duration(d).map_err(|e| fail(format!("analysis.correlate_wait: {e}")))?
+            }
+        },
     };
 
     let archive = ArchiveSettings {

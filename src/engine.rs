@@ -5,10 +5,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::analyze::{BlockResult, ErrorKind};
+use crate::correlate::{Correlator, DEFAULT_WAIT};
 use crate::finding::{Finding, SourceKind, SourceRef};
 use crate::rules::{Role, RuleSet, Window};
 
@@ -65,11 +67,23 @@ pub struct Stats {
     pub suppressed: u64,
     pub findings_by_rule: BTreeMap<String, u64>,
     pub findings_by_severity: BTreeMap<String, u64>,
+    /// Request/response correlation (see [`crate::correlate`]).
+    pub correlation: crate::correlate::CorrelationStats,
     /// The first located errors.
     pub errors: Vec<LocatedError>,
 }
 
 impl Stats {
+    /// Counts a reported finding (total, by rule, by severity).
+    pub fn count_finding(&mut self, f: &Finding) {
+        self.findings += 1;
+        *self.findings_by_rule.entry(f.rule.clone()).or_default() += 1;
+        *self
+            .findings_by_severity
+            .entry(f.severity.as_str().to_owned())
+            .or_default() += 1;
+    }
+
     pub fn record_error(&mut self, e: LocatedError) {
         match e.kind {
             ErrorKind::InvalidUtf8 => {
@@ -154,6 +168,11 @@ pub struct Judge {
     hasher: RandomState,
     /// The newest entry time seen (for entries whose time does not parse).
     clock: i64,
+    /// Request findings waiting for their response.
+    correlator: Correlator,
+    /// Held findings of rules a reload removed, reported at the next call
+    /// that can report.
+    deferred: Vec<Finding>,
     pub stats: Stats,
 }
 
@@ -165,8 +184,19 @@ impl Judge {
             windows: HashMap::new(),
             hasher: RandomState::new(),
             clock: 0,
+            correlator: Correlator::new(DEFAULT_WAIT, false),
+            deferred: Vec::new(),
             stats: Stats::default(),
         }
+    }
+
+    /// How long request findings wait for their response (zero: no
+    /// correlation, one finding per entry); `wall_clock` also ends waits on
+    /// the wall clock (live modes: a quiet stream must not hold findings).
+    pub fn set_correlation(&mut self, wait: Duration, wall_clock: bool) {
+        let mut c = Correlator::new(wait, wall_clock);
+        c.stats = self.correlator.stats.clone();
+        self.correlator = c;
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {
@@ -198,6 +228,9 @@ impl Judge {
             .filter_map(|(i, w)| map.get(&i).map(|&j| (j, w)))
             .collect();
         drop(new_ids);
+        let mut gone = Vec::new();
+        self.correlator.remap(&map, &mut |f| gone.push(f));
+        self.deferred.extend(gone);
         self.rules = rules;
     }
 
@@ -244,10 +277,18 @@ impl Judge {
                 });
             }
         }
+        let mut notes = result.responses.into_iter().peekable();
         for mut hit in result.hits {
+            // Responses before this hit's line first; a response's own hits
+            // before its note (they may merge with a held request).
+            while let Some(note) = notes.next_if(|n| n.line_idx < hit.line_idx) {
+                self.answer(pos, offset, &note, emit);
+            }
             if let Some(t) = hit.time_ns {
                 self.clock = self.clock.max(t);
             }
+            // Expired waits go out in entry order, wherever blocks are cut.
+            self.expire_held(emit);
             // An Arc clone so the window state can be borrowed mutably.
             let rules = self.rules.clone();
             if let Some(w) = &rules.get(hit.rule).window {
@@ -293,20 +334,90 @@ impl Judge {
                 line: pos.lines_before + hit.line_idx + 1,
                 offset: offset + hit.offset,
             };
-            self.stats.findings += 1;
-            *self
-                .stats
-                .findings_by_rule
-                .entry(f.rule.clone())
-                .or_default() += 1;
-            *self
-                .stats
-                .findings_by_severity
-                .entry(f.severity.as_str().to_owned())
-                .or_default() += 1;
-            emit(f);
+            let stateless = rule.window.is_none() && rule.throttle.is_none();
+            if !stateless {
+                self.report(f, emit);
+                continue;
+            }
+            let mut released = Vec::new();
+            let time_ns = hit.time_ns.unwrap_or(self.clock);
+            if let Some(f) = self
+                .correlator
+                .route(hit.rule, f, time_ns, &mut |old| released.push(old))
+            {
+                released.push(f);
+            }
+            for f in released {
+                self.report(f, emit);
+            }
         }
+        for note in notes {
+            self.answer(pos, offset, &note, emit);
+        }
+        self.expire_held(emit);
         pos.lines_before += result.lines;
+    }
+
+    /// A parsed response: request findings waiting for it are reported.
+    fn answer(
+        &mut self,
+        pos: &StreamPos,
+        offset: u64,
+        note: &crate::correlate::ResponseNote,
+        emit: &mut dyn FnMut(Finding),
+    ) {
+        if let Some(t) = note.time_ns {
+            self.clock = self.clock.max(t);
+        }
+        let at = SourceRef {
+            kind: pos.kind,
+            name: pos.name.clone(),
+            line: pos.lines_before + note.line_idx + 1,
+            offset: offset + note.offset,
+        };
+        self.expire_held(emit);
+        let mut out = Vec::new();
+        self.correlator.answer(note, &at, &mut |f| out.push(f));
+        for f in out {
+            self.report(f, emit);
+        }
+    }
+
+    /// Reports held request findings whose wait is over.
+    pub fn expire_held(&mut self, emit: &mut dyn FnMut(Finding)) {
+        for f in std::mem::take(&mut self.deferred) {
+            self.report(f, emit);
+        }
+        if self.correlator.pending() == 0 {
+            return;
+        }
+        let mut out = Vec::new();
+        self.correlator.expire(self.clock, &mut |f| out.push(f));
+        for f in out {
+            self.report(f, emit);
+        }
+    }
+
+    /// Reports every held request finding now: `early` before a checkpoint
+    /// (outcome still `attempted`), else at the end of a run (`no_response`).
+    pub fn release_held(&mut self, early: bool, emit: &mut dyn FnMut(Finding)) {
+        let mut out = std::mem::take(&mut self.deferred);
+        self.correlator.release_all(early, &mut |f| out.push(f));
+        for f in out {
+            self.report(f, emit);
+        }
+    }
+
+    /// Request findings waiting for their response.
+    pub fn held(&self) -> usize {
+        self.correlator.pending()
+    }
+
+    /// Counts a finding and hands it to `emit`.
+    fn report(&mut self, f: Finding, emit: &mut dyn FnMut(Finding)) {
+        self.stats.count_finding(&f);
+        self.stats.correlation = self.correlator.stats.clone();
+        emit(f);
     }
 
     /// Counts a window rule's event (or checks its trigger); returns the

@@ -125,6 +125,9 @@ struct ReplayArgs {
     /// Do not print the summary on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// A request's finding waits this long (entry time) for its response, to report it once with its outcome; 0 turns it off.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_wait)]
+    correlate_wait: Duration,
 }
 
 #[derive(clap::Args)]
@@ -231,11 +234,15 @@ struct LiveArgs {
     /// On SIGTERM/SIGINT, give up draining after this long (exit 1).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// A request's finding waits this long for its response, to report it once with its outcome; 0 turns it off.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_wait)]
+    correlate_wait: Duration,
 }
 
 impl LiveArgs {
     fn analyzer(&self, rules: Arc<RuleSet>) -> Analyzer {
-        let analyzer = Analyzer::new(rules, false, self.max_line_bytes);
+        let analyzer = Analyzer::new(rules, false, self.max_line_bytes)
+            .with_correlation(!self.correlate_wait.is_zero());
         match &self.strip_prefix {
             Some(p) => analyzer.with_prefix(p),
             None => analyzer,
@@ -311,6 +318,14 @@ struct TailArgs {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     auditwatch::rules::parse_duration(s)
+}
+
+/// A duration where zero means off (`0`, `0s`).
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    if s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
@@ -464,6 +479,7 @@ fn run_replay(args: ReplayArgs) -> Result<ExitCode> {
         read_size: args.read_size,
         mmap: !args.no_mmap,
         progress: !args.no_progress && !args.quiet && replay::stderr_is_terminal(),
+        correlate_wait: args.correlate_wait,
     };
     let mut worst: Option<Severity> = None;
     let outcome = replay::replay(&inputs, rules.clone(), &opts, &mut |f| {
@@ -619,7 +635,14 @@ fn run_listen(args: ListenArgs) -> Result<ExitCode> {
     let analyzer = args.live.analyzer(rules);
     let threads = args.live.threads();
     let (emit, output) = OutputThread::spawn(writer);
-    let pipeline = Pipeline::start(archive, analyzer, threads, Backpressure::ShedAnalysis, emit);
+    let pipeline = Pipeline::start(
+        archive,
+        analyzer,
+        threads,
+        Backpressure::ShedAnalysis,
+        args.live.correlate_wait,
+        emit,
+    );
     for b in &listeners.bound {
         eprintln!("auditwatch listen: listening on {b}");
     }
@@ -768,6 +791,7 @@ fn run_tail(args: TailArgs, archive_given: bool) -> Result<ExitCode> {
         analyzer,
         threads,
         Backpressure::Wait,
+        args.live.correlate_wait,
         Box::new(move |f| {
             let r = writer.write(f);
             if r.is_err() {
@@ -865,17 +889,7 @@ fn run_tail(args: TailArgs, archive_given: bool) -> Result<ExitCode> {
         }
     };
     for f in &startup {
-        outcome.stats.findings += 1;
-        *outcome
-            .stats
-            .findings_by_rule
-            .entry(f.rule.clone())
-            .or_default() += 1;
-        *outcome
-            .stats
-            .findings_by_severity
-            .entry(f.severity.as_str().to_owned())
-            .or_default() += 1;
+        outcome.stats.count_finding(f);
     }
     let t = counters.snapshot();
     let doc = TailStatsDoc {

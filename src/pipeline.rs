@@ -226,6 +226,10 @@ pub struct LiveStats {
     pub suppressed: u64,
 }
 
+/// How often the judge looks for held findings whose wait is over while no
+/// block arrives.
+const HELD_TICK: Duration = Duration::from_millis(100);
+
 /// Sends a frame without ever blocking for long: retries for at most
 /// [`INGEST_WAIT`] (async sleeps), then sheds and counts it.
 pub async fn send_ingest(tx: &Sender<Ingest>, mut msg: Ingest, counters: &Counters) {
@@ -328,6 +332,7 @@ impl Pipeline {
         analyzer: Analyzer,
         threads: usize,
         backpressure: Backpressure,
+        correlate_wait: Duration,
         mut emit: EmitFn,
     ) -> Pipeline {
         let counters = Arc::new(Counters::default());
@@ -402,16 +407,40 @@ impl Pipeline {
                 .name("judge".into())
                 .spawn(move || {
                     let mut judge = Judge::new(rules);
+                    judge.set_correlation(correlate_wait, true);
                     let mut recent = RecentIds::new(RECENT_IDS);
                     let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
                     let mut next = 0u64;
                     let mut write_err = None;
-                    for done in done_rx {
+                    let mut deliver = |f: Finding| {
+                        if !recent.insert(&f.id) {
+                            Counters::add(&counters.duplicates_dropped, 1);
+                            return;
+                        }
+                        if write_err.is_none() {
+                            if let Err(e) = emit(&f) {
+                                write_err = Some(e);
+                            }
+                        }
+                    };
+                    loop {
+                        let done = match done_rx.recv_timeout(HELD_TICK) {
+                            Ok(d) => d,
+                            Err(RecvTimeoutError::Timeout) => {
+                                // A quiet stream must not hold findings.
+                                judge.expire_held(&mut deliver);
+                                continue;
+                            }
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        };
                         pending.insert(done.seq, done);
                         while let Some(d) = pending.remove(&next) {
                             next += 1;
                             let (source, lines_before, offset, result) = match d.work {
                                 Judged::Marker(m) => {
+                                    // A checkpoint covers only what was
+                                    // reported: held findings go out first.
+                                    judge.release_held(true, &mut deliver);
                                     m();
                                     continue;
                                 }
@@ -433,17 +462,7 @@ impl Pipeline {
                                 name: source.name.clone(),
                                 lines_before,
                             };
-                            judge.block(&mut pos, offset, result, false, &mut |f| {
-                                if !recent.insert(&f.id) {
-                                    Counters::add(&counters.duplicates_dropped, 1);
-                                    return;
-                                }
-                                if write_err.is_none() {
-                                    if let Err(e) = emit(&f) {
-                                        write_err = Some(e);
-                                    }
-                                }
-                            });
+                            judge.block(&mut pos, offset, result, false, &mut deliver);
                             if let Ok(mut l) = live.lock() {
                                 let s = &judge.stats;
                                 l.entries = s.entries;
@@ -455,6 +474,8 @@ impl Pipeline {
                             }
                         }
                     }
+                    // The streams ended (shutdown): nothing stays held.
+                    judge.release_held(false, &mut deliver);
                     match write_err {
                         Some(e) => Err(e),
                         None => Ok(judge.stats),

@@ -58,6 +58,9 @@ pub struct ReplayOptions {
     pub progress: bool,
     /// Map settled plain files into memory instead of reading them.
     pub mmap: bool,
+    /// How long a request's finding waits for its response (entry time);
+    /// zero: one finding per entry. See [`crate::correlate`].
+    pub correlate_wait: Duration,
 }
 
 impl Default for ReplayOptions {
@@ -71,6 +74,7 @@ impl Default for ReplayOptions {
             strict: false,
             progress: false,
             mmap: true,
+            correlate_wait: crate::correlate::DEFAULT_WAIT,
         }
     }
 }
@@ -255,7 +259,8 @@ pub fn replay(
     // A few results per thread: results wait here only while the collector
     // catches up, and bounding them bounds memory.
     let (msg_tx, msg_rx) = bounded::<Envelope>(threads * 8);
-    let analyzer = Analyzer::new(rules.clone(), opts.strict, opts.max_line);
+    let analyzer = Analyzer::new(rules.clone(), opts.strict, opts.max_line)
+        .with_correlation(!opts.correlate_wait.is_zero());
     let next_unit = Arc::new(AtomicUsize::new(0));
     let inputs_arc: Arc<Vec<Input>> = Arc::new(inputs.to_vec());
 
@@ -288,6 +293,7 @@ pub fn replay(
     drop(msg_tx);
 
     let mut judge = Judge::new(rules);
+    judge.set_correlation(opts.correlate_wait, false);
     let outcome = collect(
         inputs,
         &units,
@@ -669,9 +675,22 @@ fn collect(
                 Msg::End => {
                     current += 1;
                     // The next range of the same input carries on its line count.
-                    if let Some(u) = units.get(current) {
-                        if u.input != units[current - 1].input {
-                            pos = Some(stream_pos(&inputs[u.input]));
+                    let next_input = units.get(current).map(|u| u.input);
+                    if next_input != Some(units[current - 1].input) {
+                        // An input's findings all come before the next
+                        // input's: its requests still waiting got no
+                        // response in it.
+                        judge.release_held(false, &mut |f| {
+                            if write_err.is_none() {
+                                if let Err(e) = emit(&f) {
+                                    write_err = Some(e);
+                                }
+                            }
+                        });
+                    }
+                    if let Some(u) = next_input {
+                        if u != units[current - 1].input {
+                            pos = Some(stream_pos(&inputs[u]));
                         }
                     }
                 }
@@ -695,6 +714,17 @@ fn collect(
             );
             let _ = io::stderr().flush();
         }
+    }
+    // The log ended: requests still waiting got no response in it.
+    judge.release_held(false, &mut |f| {
+        if write_err.is_none() {
+            if let Err(e) = emit(&f) {
+                write_err = Some(e);
+            }
+        }
+    });
+    if let Some(e) = write_err.take() {
+        return Err(e);
     }
     if progress {
         eprint!("\r\x1b[2K");

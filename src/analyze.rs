@@ -390,6 +390,19 @@ pub fn build_finding(rule: &Rule, e: &AuditEntry<'_>, raw: &[u8]) -> Finding {
         };
         detail.insert(name.clone(), v);
     }
+    let watched = rule.when.watch_hits(e);
+    if !watched.is_empty() {
+        let hits: Vec<serde_json::Value> = watched
+            .into_iter()
+            .map(|h| {
+                serde_json::json!({
+                    "device": h.device, "list": h.list, "label": h.label,
+                    "field": h.field, "entry": h.entry,
+                })
+            })
+            .collect();
+        detail.insert("watchlist".into(), hits.into());
+    }
     Finding {
         id: finding_id(&rule.id, raw),
         rule: rule.id.clone(),

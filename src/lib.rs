@@ -25,7 +25,9 @@
 //! ## Reading order
 //! 1. [`framing`]: newline framing, oversize lines, pooled blocks.
 //! 2. [`parse`]: the borrowed entry view and raw-JSON helpers.
-//! 3. [`rules`]: the rule format, conditions, the literal prefilter.
+//! 3. [`rules`]: the rule format, conditions, the literal prefilter;
+//!    [`watchlist`]: known HMACs of one audit device, bound into the rules
+//!    of the streams that device writes.
 //! 4. [`analyze`] and [`engine`]: stateless matching, then ordered judging;
 //!    [`correlate`]: request findings wait (bounded) for their response.
 //! 5. [`replay`]: the offline mode.
@@ -65,3 +67,4 @@ pub mod rules;
 pub mod sink;
 pub mod suppress;
 pub mod tail;
+pub mod watchlist;

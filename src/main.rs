@@ -1,6 +1,6 @@
 //! The `auditwatch` command line. See README.md for every command and flag.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -57,6 +57,44 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Print the HMAC an audit device writes for each value (`hmac-sha256:<hex>`), for watch lists.
+    Hash(HashArgs),
+}
+
+#[derive(clap::Args)]
+struct HashArgs {
+    /// The audit device's salt. It stays in shell history and shows in `ps`: prefer --salt-file.
+    #[arg(long, value_name = "SALT", required_unless_present = "salt_file")]
+    salt: Option<String>,
+    /// A file holding the device's salt (a trailing newline is ignored).
+    #[arg(long, value_name = "FILE", conflicts_with = "salt")]
+    salt_file: Option<PathBuf>,
+    /// Values to hash; `-` reads values from stdin, one per line.
+    #[arg(required = true, value_name = "VALUE")]
+    values: Vec<String>,
+}
+
+/// The audit device a stream comes from, and its watch lists.
+#[derive(clap::Args)]
+struct WatchArgs {
+    /// The audit device that wrote the stream (its name in Vault/OpenBao, e.g. file-audit): the
+    /// watch lists of this device apply.
+    #[arg(long, value_name = "NAME", value_parser = parse_device)]
+    device: Option<String>,
+    /// A watch list (repeatable): NAME=FILE for this stream's device, or DEVICE=NAME=FILE (used
+    /// only when DEVICE is the --device given). FILE holds `hmac-sha256:<hex> [label]` lines.
+    #[arg(long, value_name = "[DEVICE=]NAME=FILE")]
+    watchlist: Vec<auditwatch::watchlist::WatchSpec>,
+}
+
+fn parse_device(s: &str) -> Result<String, String> {
+    if auditwatch::watchlist::valid_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?}: use 1-64 of A-Z a-z 0-9 . _ - (not starting with '.')"
+        ))
+    }
 }
 
 #[derive(clap::Args)]
@@ -90,6 +128,8 @@ struct ReplayArgs {
     paths: Vec<String>,
     #[command(flatten)]
     rules: RulesArgs,
+    #[command(flatten)]
+    watch: WatchArgs,
     /// Write findings here instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -237,6 +277,8 @@ struct LiveArgs {
     /// A request's finding waits this long for its response, to report it once with its outcome; 0 turns it off.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_wait)]
     correlate_wait: Duration,
+    #[command(flatten)]
+    watch: WatchArgs,
 }
 
 impl LiveArgs {
@@ -375,6 +417,7 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => run_service(args),
         Command::Config { command } => run_config(command),
+        Command::Hash(args) => run_hash(args),
     };
     match result {
         Ok(code) => code,
@@ -387,6 +430,66 @@ fn main() -> ExitCode {
 
 fn load_rules(args: &RulesArgs) -> Result<RuleSet> {
     Ok(RuleSet::load(args.patterns.as_deref())?)
+}
+
+/// The rules for one stream: those of `args`, with the watch lists of `--device` bound.
+fn load_stream_rules(args: &RulesArgs, watch: &WatchArgs) -> Result<RuleSet> {
+    use auditwatch::watchlist::{self, WatchList};
+    let set = load_rules(args)?;
+    if watch.watchlist.is_empty() {
+        return Ok(set);
+    }
+    let device = watch.device.as_deref();
+    let mut lists = watchlist::DeviceLists::new();
+    for spec in &watch.watchlist {
+        let list = WatchList::load(&spec.name, &spec.file)?;
+        match spec.device.as_deref() {
+            Some(d) if Some(d) != device => tracing::warn!(
+                "watch list {:?} ({}) belongs to device {d:?}, not to this stream's device ({}): ignored",
+                spec.name,
+                spec.file.display(),
+                device.map_or_else(|| "none given: --device".to_owned(), |d| format!("{d:?}"))
+            ),
+            _ => watchlist::insert(&mut lists, device, list)?,
+        }
+    }
+    let (bound, missing) = set.with_watchlists(device, &lists)?;
+    for (name, ids) in missing {
+        tracing::warn!(
+            "device {} has no watch list {name:?}: {} cannot fire",
+            device.map_or_else(|| "(unnamed)".to_owned(), |d| format!("{d:?}")),
+            ids.join(", ")
+        );
+    }
+    Ok(bound)
+}
+
+fn run_hash(args: HashArgs) -> Result<ExitCode> {
+    let salt = match (&args.salt, &args.salt_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read the salt from {}", p.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        (None, None) => anyhow::bail!("--salt or --salt-file is required"),
+    };
+    if salt.is_empty() {
+        anyhow::bail!("the salt is empty");
+    }
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    for v in &args.values {
+        if v == "-" {
+            for line in io::stdin().lock().lines() {
+                let line = line.context("reading values from stdin")?;
+                let value = line.strip_suffix('\r').unwrap_or(&line);
+                writeln!(out, "{}", auditwatch::watchlist::hmac_sha256(&salt, value))?;
+            }
+        } else {
+            writeln!(out, "{}", auditwatch::watchlist::hmac_sha256(&salt, v))?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_rules(cmd: RulesCommand) -> Result<ExitCode> {
@@ -455,7 +558,7 @@ struct StatsDoc<'a> {
 }
 
 fn run_replay(args: ReplayArgs) -> Result<ExitCode> {
-    let rules = Arc::new(load_rules(&args.rules)?);
+    let rules = Arc::new(load_stream_rules(&args.rules, &args.watch)?);
     let (inputs, missing) = replay::expand_inputs(&args.paths);
     for (path, e) in &missing {
         eprintln!("auditwatch: error: {path}: {e}");
@@ -602,7 +705,7 @@ struct ListenStatsDoc<'a> {
 }
 
 fn run_listen(args: ListenArgs) -> Result<ExitCode> {
-    let rules = Arc::new(load_rules(&args.rules)?);
+    let rules = Arc::new(load_stream_rules(&args.rules, &args.live.watch)?);
     let mut cfg = ListenConfig {
         tcp: args.tcp.clone(),
         unix: args.unix.clone(),
@@ -753,7 +856,7 @@ struct TailStatsDoc<'a> {
 }
 
 fn run_tail(args: TailArgs, archive_given: bool) -> Result<ExitCode> {
-    let rules = Arc::new(load_rules(&args.rules)?);
+    let rules = Arc::new(load_stream_rules(&args.rules, &args.live.watch)?);
     let counters = Arc::new(TailCounters::default());
     let mut cfg = TailConfig::new(&args.path, &args.state);
     cfg.from = match args.from {
@@ -982,13 +1085,27 @@ fn run_config(cmd: ConfigCommand) -> Result<ExitCode> {
                     return Ok(ExitCode::from(1));
                 }
             };
+            let lists = match cfg.watch_lists() {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("auditwatch config: {}: watch lists: {e}", cfg.origin);
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            for (device, lists) in &lists {
+                if let Err(e) = rules.with_watchlists(Some(device), lists) {
+                    eprintln!("auditwatch config: {}: watch lists: {e}", cfg.origin);
+                    return Ok(ExitCode::from(1));
+                }
+            }
             println!(
-                "{}: valid: {} sources ({}), {} sinks, {} rules",
+                "{}: valid: {} sources ({}), {} sinks, {} rules, {} watch lists",
                 cfg.origin,
                 cfg.sources.len(),
                 cfg.source_names().join(", "),
                 cfg.sinks.len(),
-                rules.rules().len()
+                rules.rules().len(),
+                cfg.watchlists.len()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -22,7 +22,13 @@
 //! expect = "fire"                         # or "quiet"
 //! source = "tests/data/openbao/scenarios.log:120"
 //! line = '''{"time":…}'''
+//! watchlist = { root = ["hmac-sha256:…"] } # only for `in_watchlist` rules: the lists of
+//!                                         # the device that wrote the line
 //! ```
+//!
+//! Watch lists ([`crate::watchlist`]) belong to one audit device: a loaded set
+//! has none, and [`RuleSet::with_watchlists`] makes the set of one device (its
+//! `in_watchlist` tests bound, its hashes in the prefilter).
 //!
 //! The prefilter: each rule's condition yields a set of literals of which a
 //! line must contain at least one for the rule to match (see
@@ -46,7 +52,7 @@ use crate::finding::Severity;
 use crate::parse::{self, AuditEntry};
 use cond::{Cond, CondDef};
 use field::Field;
-use prefilter::{Prefilter, Scanner, ARRAY_ELEMENT};
+use prefilter::{Prefilter, Scanner, ARRAY_ELEMENT, VERBATIM};
 
 /// The built-in rule pack, embedded at build time. A unit test checks that
 /// every file of `patterns/` is listed here.
@@ -70,6 +76,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
     (
         "patterns/signals.toml",
         include_str!("../../patterns/signals.toml"),
+    ),
+    (
+        "patterns/watchlist.toml",
+        include_str!("../../patterns/watchlist.toml"),
     ),
 ];
 
@@ -130,7 +140,7 @@ struct WindowDef {
 
 /// A stateful rule: the entries its `when` matches are counted per key in a
 /// sliding window of entry time (see the README's "Windows").
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Window {
     pub group_by: Vec<Field>,
     pub group_names: Vec<String>,
@@ -157,6 +167,10 @@ pub struct FixtureDef {
     pub source: String,
     #[serde(default)]
     pub note: String,
+    /// The watch lists of the device that wrote `line` (list name → lines of a list file:
+    /// `hmac-sha256:<hex>`, optionally a label), for rules with `in_watchlist`.
+    #[serde(default)]
+    pub watchlist: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -184,7 +198,7 @@ pub struct Throttle {
 }
 
 /// A compiled rule.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Rule {
     pub id: String,
     pub title: String,
@@ -224,6 +238,9 @@ impl std::fmt::Debug for Prefilter {
         f.write_str("Prefilter")
     }
 }
+
+/// Watch lists rules refer to that a device lacks: (list name, ids of the rules using it).
+pub type MissingLists = Vec<(String, Vec<String>)>;
 
 /// The most rules a set may hold (hostile rule directories).
 const MAX_RULES: usize = 10_000;
@@ -277,16 +294,31 @@ impl RuleSet {
             return Err(err("rules", format!("more than {MAX_RULES} rules")));
         }
         let mut literals: Vec<String> = Vec::new();
+        let mut verbatim: Vec<String> = Vec::new();
         let mut all_known = true;
         for r in &rules {
             match &r.literals {
-                Some(l) => literals.extend(l.iter().cloned()),
+                Some(l) => {
+                    for x in l {
+                        match x.strip_prefix(VERBATIM) {
+                            Some(v) => verbatim.push(v.to_owned()),
+                            None => literals.push(x.clone()),
+                        }
+                    }
+                }
                 None => all_known = false,
             }
         }
-        let literals = minimize_literals(literals);
+        let mut literals = minimize_literals(literals);
+        verbatim.sort();
+        verbatim.dedup();
+        literals.extend(verbatim.into_iter().map(|text| prefilter::Pattern {
+            text,
+            members: Vec::new(),
+        }));
         tracing::debug!(
-            patterns = ?literals.iter().map(|p| &p.text).collect::<Vec<_>>(),
+            patterns = ?literals.iter().map(|p| &p.text).take(64).collect::<Vec<_>>(),
+            count = literals.len(),
             "prefilter patterns"
         );
         let prefilter = if all_known && !rules.is_empty() {
@@ -311,6 +343,50 @@ impl RuleSet {
 
     pub fn find(&self, id: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.id == id)
+    }
+
+    /// The set for the stream of one audit device: every `in_watchlist` test bound to
+    /// `lists` (the device's watch lists by name; what was bound before is replaced) and the
+    /// listed hashes added to the prefilter. Also returns, per list name that rules refer to
+    /// and the device lacks, the ids of those rules (their test stays false).
+    pub fn with_watchlists(
+        &self,
+        device: Option<&str>,
+        lists: &crate::watchlist::DeviceLists,
+    ) -> Result<(RuleSet, MissingLists), RuleError> {
+        let mut missing: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        let mut rules = self.rules.clone();
+        for r in &mut rules {
+            let mut lacks = r.when.bind_watchlists(device, lists);
+            if let Some(t) = r.window.as_mut().and_then(|w| w.trigger.as_mut()) {
+                lacks.extend(t.bind_watchlists(device, lists));
+            }
+            for name in lacks {
+                let ids = missing.entry(name).or_default();
+                if !ids.contains(&r.id) {
+                    ids.push(r.id.clone());
+                }
+            }
+            r.literals = rule_literals(&r.when, r.window.as_ref());
+        }
+        Ok((Self::from_rules(rules)?, missing.into_iter().collect()))
+    }
+
+    /// The set a fixture is judged with: bound to the fixture's watch lists when it has
+    /// some (an unnamed device), else `None` (this set).
+    pub fn fixture_set(&self, fx: &FixtureDef) -> Result<Option<RuleSet>, String> {
+        if fx.watchlist.is_empty() {
+            return Ok(None);
+        }
+        let mut lists = crate::watchlist::DeviceLists::new();
+        for (name, values) in &fx.watchlist {
+            let list = crate::watchlist::WatchList::parse(name, "fixture", &values.join("\n"))
+                .map_err(|e| format!("watchlist: {e}"))?;
+            crate::watchlist::insert(&mut lists, None, list).map_err(|e| e.to_string())?;
+        }
+        self.with_watchlists(None, &lists)
+            .map(|(set, _)| Some(set))
+            .map_err(|e| e.to_string())
     }
 
     /// Number of distinct prefilter literals, 0 when the prefilter is off.
@@ -404,12 +480,23 @@ impl RuleSet {
                         continue;
                     }
                 };
+                let bound = match self.fixture_set(fx) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        failures.push(fail(e));
+                        continue;
+                    }
+                };
+                let (set, rule) = match &bound {
+                    Some(b) => (b, b.find(&rule.id).unwrap_or(rule)),
+                    None => (self, rule),
+                };
                 let fired = rule.when.eval(&entry);
                 match fx.expect {
                     Expect::Fire if !fired => {
                         failures.push(fail("expected to fire, stayed quiet".into()))
                     }
-                    Expect::Fire if !self.is_candidate(line.as_bytes()) => {
+                    Expect::Fire if !set.is_candidate(line.as_bytes()) => {
                         failures.push(fail("fires, but the prefilter skips the line".into()))
                     }
                     Expect::Quiet if fired => {
@@ -702,18 +789,7 @@ fn parse_file(origin: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
         if !d.enabled {
             continue;
         }
-        // A trigger's entries must pass the prefilter too.
-        let literals = match (
-            when.literals(),
-            window.as_ref().and_then(|w| w.trigger.as_ref()),
-        ) {
-            (Some(mut a), Some(t)) => t.literals().map(|b| {
-                a.extend(b);
-                a
-            }),
-            (a, None) => a,
-            (None, Some(_)) => None,
-        };
+        let literals = rule_literals(&when, window.as_ref());
         out.push(Rule {
             literals,
             window,
@@ -731,6 +807,19 @@ fn parse_file(origin: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
         });
     }
     Ok(out)
+}
+
+/// The literals of a rule: its `when`'s, and a trigger's (whose entries must pass the
+/// prefilter too).
+fn rule_literals(when: &Cond, window: Option<&Window>) -> Option<Vec<String>> {
+    match (when.literals(), window.and_then(|w| w.trigger.as_ref())) {
+        (Some(mut a), Some(t)) => t.literals().map(|b| {
+            a.extend(b);
+            a
+        }),
+        (a, None) => a,
+        (None, Some(_)) => None,
+    }
 }
 
 /// `90s`, `15m`, `1h`, `2d`, `500ms`.
@@ -844,6 +933,11 @@ when = { field = "path", glob = ["sys/raw", "sys/raw/**"] }
         let mut checked = 0;
         for rule in set.rules() {
             for fx in rule.fixtures.iter().filter(|f| f.expect == Expect::Fire) {
+                let bound = set.fixture_set(fx).unwrap();
+                let (set, rule) = match &bound {
+                    Some(b) => (b, b.find(&rule.id).unwrap()),
+                    None => (&set, rule),
+                };
                 let slashes = fx.line.replace('/', "\\/");
                 // Escape every `s` and `r` inside string values as \u0073 / \u0072.
                 let unicode = fx
@@ -961,6 +1055,187 @@ when = { field = "path", glob = ["sys/raw", "sys/raw/**"] }
             "{} literals",
             set.literal_count()
         );
+    }
+
+    fn capture_lines(log: &str) -> Vec<String> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/openbao")
+            .join(log);
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The device's hash of `input`, from a capture's `*.hashes.json`.
+    fn capture_hash(capture: &str, input: &str) -> String {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/openbao")
+            .join(format!("{capture}.hashes.json"));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        v["hashes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["input"] == input)
+            .unwrap()["hash"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn lists(entries: &[(&str, &str)]) -> crate::watchlist::DeviceLists {
+        let mut out = crate::watchlist::DeviceLists::new();
+        for (name, text) in entries {
+            let l = crate::watchlist::WatchList::parse(name, "t.list", text).unwrap();
+            crate::watchlist::insert(&mut out, None, l).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn watch_rules_need_the_lists_of_the_device_that_wrote_the_line() {
+        let set = RuleSet::builtin().unwrap();
+        let lines = capture_lines("scenarios.log");
+        let wrapped = &lines[120]; // line 121: the wrapped root-token creation
+        let e = parse::parse_str(wrapped).unwrap();
+        let fires = |s: &RuleSet| s.find("root_token.wrapped_created").unwrap().when.eval(&e);
+        assert!(!fires(&set), "no lists bound: false");
+
+        let root = capture_hash("scenarios", "root");
+        let (bound, missing) = set
+            .with_watchlists(Some("file-audit"), &lists(&[("root", &root)]))
+            .unwrap();
+        assert!(fires(&bound));
+        assert!(bound.is_candidate(wrapped.as_bytes()));
+        assert_eq!(bound.literal_count(), set.literal_count() + 1);
+        assert_eq!(
+            missing,
+            vec![(
+                "login-errors".to_owned(),
+                vec!["login.failed_hashed_error".to_owned()]
+            )]
+        );
+        // The finding names the list, the field and the device.
+        let r = bound.find("root_token.wrapped_created").unwrap();
+        let hits = r.when.watch_hits(&e);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].field, "request.data.policies[0]");
+        assert_eq!(hits[0].list, "root");
+        assert_eq!(hits[0].device.as_deref(), Some("file-audit"));
+        assert_eq!(hits[0].entry, "t.list:1");
+
+        // Another device's hash of `root` (another salt): quiet.
+        let other = capture_hash("signals", "root");
+        assert_ne!(other, root);
+        let (elsewhere, _) = set
+            .with_watchlists(Some("other"), &lists(&[("root", &other)]))
+            .unwrap();
+        assert!(!fires(&elsewhere));
+        // Binding again replaces what was bound.
+        let (rebound, _) = bound
+            .with_watchlists(Some("other"), &lists(&[("root", &other)]))
+            .unwrap();
+        assert!(!fires(&rebound));
+    }
+
+    const WATCH_ANY: &str = r#"
+[[rule]]
+id = "t.watch"
+title = "watched"
+category = "watchlist"
+severity = "high"
+description = "d"
+when = { field = "*", in_watchlist = ["*", "!skip"] }
+"#;
+
+    /// Over every line of both captures: a line the bound rule matches is a candidate, and
+    /// without a listed hash in it, a line is not.
+    #[test]
+    fn watched_hashes_keep_the_prefilter_sound() {
+        let set = RuleSet::from_toml("w.toml", WATCH_ANY).unwrap();
+        assert!(set.prefilter_enabled());
+        assert_eq!(set.literal_count(), 0, "no lists: no pattern");
+        let bogus = capture_hash("scenarios", "bogus");
+        let default = capture_hash("scenarios", "default");
+        let root = capture_hash("scenarios", "root");
+        let (bound, _) = set
+            .with_watchlists(
+                None,
+                &lists(&[
+                    ("leaked", &format!("{bogus} the bogus token")),
+                    ("policies", &default),
+                    ("skip", &root),
+                ]),
+            )
+            .unwrap();
+        assert_eq!(bound.literal_count(), 2, "the skipped list adds nothing");
+        let rule = bound.find("t.watch").unwrap();
+        let (mut matched, mut skipped) = (0, 0);
+        for line in capture_lines("scenarios.log")
+            .iter()
+            .chain(&capture_lines("signals.log"))
+        {
+            let e = parse::parse_str(line).unwrap();
+            let listed = line.contains(&bogus[12..]) || line.contains(&default[12..]);
+            if rule.when.eval(&e) {
+                matched += 1;
+                assert!(bound.is_candidate(line.as_bytes()), "{line}");
+                assert!(listed);
+            } else {
+                assert!(!listed || line.contains("\\u"), "{line}");
+            }
+            if !listed && !line.contains("\\u") && !line.contains("\\/") {
+                assert!(!bound.is_candidate(line.as_bytes()), "{line}");
+                skipped += 1;
+            }
+        }
+        assert!(matched >= 10, "{matched}");
+        assert!(skipped > 300, "{skipped}");
+        // A JSON escape inside the value still matches, and passes.
+        let escaped = format!(
+            r#"{{"type":"request","auth":{{"client_token":"\u0068{}"}}}}"#,
+            &bogus[1..]
+        );
+        let e = parse::parse_str(&escaped).unwrap();
+        assert!(rule.when.eval(&e));
+        assert!(bound.is_candidate(escaped.as_bytes()));
+    }
+
+    #[test]
+    fn watchlist_tests_are_checked() {
+        for (when, needle) in [
+            (
+                r#"{ field = "*", equals = "x" }"#,
+                "only takes `in_watchlist`",
+            ),
+            (r#"{ field = "*", in_watchlist = [] }"#, "names no list"),
+            (
+                r#"{ field = "*", in_watchlist = ["!root"] }"#,
+                "only narrows",
+            ),
+            (
+                r#"{ field = "*", in_watchlist = "a b" }"#,
+                "not a list name",
+            ),
+            (
+                r#"{ field = "nope", in_watchlist = "root" }"#,
+                "unknown field",
+            ),
+            (
+                r#"{ field = "auth.accessor", in_watchlist = "a", exists = true }"#,
+                "exactly one test",
+            ),
+        ] {
+            let text = MINI.replace(
+                r#"when = { field = "path", glob = ["sys/raw", "sys/raw/**"] }"#,
+                &format!("when = {when}"),
+            );
+            let e = RuleSet::from_toml("m.toml", &text).unwrap_err();
+            assert!(e.message.contains(needle), "{when}: {e}");
+        }
     }
 
     #[test]

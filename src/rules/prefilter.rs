@@ -10,6 +10,12 @@
 //! * a `\u` or `\/` escape, the only JSON escapes that can spell a literal's
 //!   characters, found with `memchr`.
 //!
+//! Watch-list hashes (the hex digits of each listed `hmac-sha256:` value, see
+//! [`crate::watchlist`]) are plain literals of the automaton, added when the
+//! lists of a device are bound into the rule set; they skip the minimisation
+//! ([`VERBATIM`]). A few hundred keep the search fast; many thousands turn
+//! Teddy off and slow the scan down.
+//!
 //! It may say "maybe" too often, never too rarely. Patterns are kept at 3
 //! bytes or more so Teddy fingerprints three bytes: two-byte fingerprints such
 //! as `,"` match everywhere in JSON and made the scan several times slower.
@@ -18,6 +24,10 @@ use aho_corasick::{AhoCorasick, Input, MatchKind};
 
 /// Marks a literal that only counts as an array element (see the module docs).
 pub const ARRAY_ELEMENT: char = '\u{1}';
+
+/// Marks a literal searched as it is, outside the minimisation (watch-list hashes: many,
+/// long and random, so neither stems nor containment would shrink them).
+pub const VERBATIM: char = '\u{2}';
 
 /// One searched pattern. When `members` is not empty the pattern is a
 /// shared stem, and a hit counts only where one of the members stands.

@@ -119,6 +119,18 @@ enum RulesCommand {
         #[command(flatten)]
         rules: RulesArgs,
     },
+    /// Print a rule: why it matters, what a line needs to match it, its state, its fixtures
+    /// (run now) and its definition; exit 1 if a fixture fails, 2 if there is no such rule.
+    Explain {
+        /// The rule id (`auditwatch rules list`).
+        #[arg(value_name = "RULE")]
+        id: String,
+        #[command(flatten)]
+        rules: RulesArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
 }
 
 #[derive(clap::Args)]
@@ -521,6 +533,23 @@ fn run_rules(cmd: RulesCommand) -> Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        RulesCommand::Explain { id, rules, format } => {
+            let set = load_rules(&rules)?;
+            let Some(e) = auditwatch::rules::explain::explain(&set, &id) else {
+                eprintln!("auditwatch: error: no rule {id:?} (see `auditwatch rules list`)");
+                return Ok(ExitCode::from(2));
+            };
+            let mut out = io::stdout().lock();
+            match format {
+                Format::Json => writeln!(out, "{}", serde_json::to_string(&e)?)?,
+                Format::Text => write!(out, "{}", auditwatch::rules::explain::render_text(&e))?,
+            }
+            Ok(if e.fixtures.iter().all(|f| f.failure.is_none()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         RulesCommand::Test { rules } => {
             let set = load_rules(&rules)?;

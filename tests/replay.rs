@@ -802,3 +802,42 @@ fn mapped_and_read_files_give_identical_results() {
     assert_eq!(fresh.stats["truncated"], 1);
     assert!(fresh.stats["invalid_utf8"].as_u64().unwrap() > 40);
 }
+
+#[test]
+fn rules_explain_shows_needs_fixtures_and_definition() {
+    let out = bin()
+        .args(["rules", "explain", "privileged.raw_storage"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        "privileged.raw_storage (",
+        "What it needs:",
+        "waits for its response",
+        "expect fire [ok]",
+        "expect quiet [ok]",
+        "[[rule]]\nid = \"privileged.raw_storage\"",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    let json = bin()
+        .args([
+            "rules",
+            "explain",
+            "brute_force.address",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["needs"]["window"]["count"], 10);
+    assert!(v["fixtures"].as_array().unwrap().len() >= 2);
+    let missing = bin().args(["rules", "explain", "nope"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+}

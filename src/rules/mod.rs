@@ -39,6 +39,7 @@
 //! (a lone `not`, a regex) turns the prefilter off.
 
 pub mod cond;
+pub mod explain;
 pub mod field;
 pub mod prefilter;
 

@@ -270,3 +270,39 @@ glob = "auth/**/login/*"
     assert!(max_keys <= 1000, "window keys grew to {max_keys}");
     assert!(max_keys >= 500);
 }
+
+#[test]
+fn audit_device_change_then_plugin_by_the_same_token_fires_within_the_hour() {
+    // Real responses (root token): `bao audit enable` (refused) and the
+    // registration of a plugin in the catalog (failed: no plugin directory).
+    let audit = capture_line("13-sys-privileged", "audit_enable_refused", 1);
+    let plugin = capture_line("13-sys-privileged", "plugin_catalog", 5);
+    const RULE: &str = "audit.device_then_plugin";
+    let f = replay(&[at(&audit, 0.0), at(&plugin, 50.0 * 60.0)]);
+    let hits = fired(&f, RULE);
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        hits[0]["source"]["line"], 2,
+        "reported on the plugin registration"
+    );
+    assert_eq!(hits[0]["path"], "sys/plugins/catalog/secret/evil");
+    assert_eq!(hits[0]["detail"]["window"]["first"]["line"], 1);
+
+    // The plugin first, then the audit change: not the sequence.
+    assert!(fired(&replay(&[at(&plugin, 0.0), at(&audit, 60.0)]), RULE).is_empty());
+    // A plugin registered alone.
+    assert!(fired(&replay(&[at(&plugin, 0.0)]), RULE).is_empty());
+    // More than an hour apart (time rewritten to the next day).
+    let next_day = at(&plugin, 0.0).replace("2026-11-25T10:", "2026-11-26T10:");
+    assert!(fired(&replay(&[at(&audit, 0.0), next_day]), RULE).is_empty());
+    // Another token (accessor rewritten) registering the plugin.
+    let accessor = |l: &str| {
+        let v: Value = serde_json::from_str(l).unwrap();
+        v["auth"]["accessor"].as_str().unwrap().to_owned()
+    };
+    let other = at(&plugin, 60.0).replace(
+        &accessor(&plugin),
+        "hmac-sha256:0000000000000000000000000000000000000000000000000000000000000000",
+    );
+    assert!(fired(&replay(&[at(&audit, 0.0), other]), RULE).is_empty());
+}

@@ -15,18 +15,13 @@
 //! a message, unless `CI` is set, where it fails. `AUDITWATCH_BAO=/path/to/bao` picks a binary.
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+mod support;
+use support::{openbao_test, replay, AuditDevice, Bao, BaoTest};
+
 const WATCH_RULES: [&str; 4] = [
     "watchlist.match",
     "root_token.wrapped_created",
@@ -35,271 +30,23 @@ const WATCH_RULES: [&str; 4] = [
 ];
 const DEVICES: [&str; 2] = ["file-audit", "file-audit-2"];
 
-// ------------------------------------------------------------------ processes
-
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    status: Option<ExitStatus>,
-}
-
-impl Proc {
-    fn new(name: &'static str, child: Child) -> Proc {
-        Proc {
-            name,
-            child,
-            status: None,
-        }
-    }
-
-    fn try_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().expect("try_wait");
-        }
-        self.status
-    }
-
-    fn wait_timeout(&mut self, t: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + t;
-        loop {
-            if let Some(s) = self.try_status() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        if self.status.is_none() {
-            // SAFETY: kill(2) on our own, not yet reaped child.
-            unsafe {
-                libc::kill(self.child.id() as libc::pid_t, sig);
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        if self.try_status().is_none() {
-            let _ = self.child.kill();
-            self.status = self.child.wait().ok();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.try_status().is_none() {
-            eprintln!("watchlist_e2e: killing {}", self.name);
-            self.kill();
-        }
-    }
-}
-
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `cmd` with a timeout, capturing its output.
-fn run_timeout(mut cmd: Command, what: &str) -> Out {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let mut p = Proc::new("cli", child);
-    let mut so = p.child.stdout.take().unwrap();
-    let mut se = p.child.stderr.take().unwrap();
-    let to = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = so.read_to_string(&mut s);
-        s
-    });
-    let te = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = se.read_to_string(&mut s);
-        s
-    });
-    let Some(status) = p.wait_timeout(CLI_TIMEOUT) else {
-        p.kill();
-        panic!("{what}: no exit within {CLI_TIMEOUT:?}");
-    };
-    Out {
-        ok: status.success(),
-        stdout: to.join().unwrap(),
-        stderr: te.join().unwrap(),
-    }
-}
-
-// ------------------------------------------------------------------ bao
-
-/// The `bao` binary: `AUDITWATCH_BAO`, then PATH, pip's scripts directory and ~/.local/bin.
-fn find_bao() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("AUDITWATCH_BAO") {
-        return Some(PathBuf::from(p));
-    }
-    let mut dirs: Vec<PathBuf> =
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
-    if let Ok(out) = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .stderr(Stdio::null())
-        .output()
-    {
-        let d = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if out.status.success() && !d.is_empty() {
-            dirs.push(PathBuf::from(d));
-        }
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".local/bin"));
-    }
-    dirs.into_iter().map(|d| d.join("bao")).find(|p| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    })
-}
-
-/// No inherited BAO_* / VAULT_* settings, a private HOME, no colours.
-fn clean_env(c: &mut Command, home: &Path) {
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("BAO_") || k.starts_with("VAULT_") {
-            c.env_remove(&k);
-        }
-    }
-    c.env("HOME", home).env("NO_COLOR", "1");
-}
-
-/// A port p on 127.0.0.1 such that p and p+1 (the dev server's cluster port) are free.
-fn free_port_pair() -> u16 {
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        ^ u64::from(std::process::id()) << 32;
-    for _ in 0..500 {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let p = 20000 + ((seed >> 33) % 40000) as u16;
-        let a = std::net::TcpListener::bind(("127.0.0.1", p));
-        let b = std::net::TcpListener::bind(("127.0.0.1", p + 1));
-        if a.is_ok() && b.is_ok() {
-            return p;
-        }
-    }
-    panic!("no free port pair on 127.0.0.1");
-}
-
-/// The `bao` CLI against one dev server, in a clean environment.
-struct Bao {
-    bin: PathBuf,
-    addr: String,
-    home: PathBuf,
-    transcript: Arc<Mutex<Vec<String>>>,
-}
-
-impl Bao {
-    fn exec(&self, token: Option<&str>, args: &[&str]) -> Out {
-        let mut c = Command::new(&self.bin);
-        clean_env(&mut c, &self.home);
-        c.env("BAO_ADDR", &self.addr);
-        if let Some(t) = token {
-            c.env("BAO_TOKEN", t);
-        }
-        c.args(args);
-        let what = format!("bao {}", args.join(" "));
-        let out = run_timeout(c, &what);
-        self.transcript.lock().unwrap().push(format!(
-            "+ {what} -> {}\n{}{}",
-            if out.ok { "ok" } else { "FAILED" },
-            out.stdout,
-            out.stderr
-        ));
-        out
-    }
-
-    /// A command as the root token that must succeed; its stdout, trimmed.
-    fn ok(&self, args: &[&str]) -> String {
-        self.ok_as(Some("root"), args)
-    }
-
-    fn ok_as(&self, token: Option<&str>, args: &[&str]) -> String {
-        let out = self.exec(token, args);
-        assert!(out.ok, "bao {} failed:\n{}", args.join(" "), out.stderr);
-        out.stdout.trim().to_owned()
-    }
-
-    fn fails_as(&self, token: Option<&str>, args: &[&str]) {
-        let out = self.exec(token, args);
-        assert!(!out.ok, "bao {} should have failed", args.join(" "));
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let text = self.ok(args);
-        serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("bao {args:?}: not JSON ({e}): {text}"))
-    }
-
-    /// What `device` writes for `input`, as the server says (`sys/audit-hash`).
-    fn audit_hash(&self, device: &str, input: &str) -> String {
-        let h = self.ok(&[
-            "write",
-            "-field=hash",
-            &format!("sys/audit-hash/{device}"),
-            &format!("input={input}"),
-        ]);
-        assert!(h.starts_with("hmac-sha256:") && h.len() == 76, "{h}");
-        h
-    }
+/// What `device` writes for `input`, as the server says (`sys/audit-hash`).
+fn audit_hash(bao: &Bao, device: &str, input: &str) -> String {
+    let h = bao.ok(&[
+        "write",
+        "-field=hash",
+        &format!("sys/audit-hash/{device}"),
+        &format!("input={input}"),
+    ]);
+    assert!(h.starts_with("hmac-sha256:") && h.len() == 76, "{h}");
+    h
 }
 
 // ------------------------------------------------------------------ the test
 
 #[test]
 fn watch_lists_with_real_openbao_devices() {
-    let Some(bao_bin) = find_bao() else {
-        let msg = "watchlist_e2e: `bao` (OpenBao 2.7.x) not found on PATH, in pip's scripts \
-                   directory or ~/.local/bin; install it with scripts/install-openbao.sh";
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg} (CI is set, so this is a failure)");
-        }
-        eprintln!("{msg}: SKIPPING");
-        return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let transcript = Arc::new(Mutex::new(Vec::new()));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        scenario(&bao_bin, dir, &transcript)
-    }));
-    if let Err(e) = result {
-        if let Ok(t) = std::fs::read_to_string(dir.join("bao-server.out")) {
-            eprintln!("---- bao server output (last 40 lines) ----");
-            let lines: Vec<&str> = t.lines().collect();
-            for l in &lines[lines.len().saturating_sub(40)..] {
-                eprintln!("{l}");
-            }
-        }
-        eprintln!("---- bao CLI transcript (last 30 commands) ----");
-        let t = transcript.lock().unwrap();
-        for l in &t[t.len().saturating_sub(30)..] {
-            eprintln!("{l}");
-        }
-        drop(t);
-        std::panic::resume_unwind(e);
-    }
+    openbao_test(None, scenario);
 }
 
 /// The hashes one device gave for the watch-list strings.
@@ -334,17 +81,11 @@ fn write_lists(dir: &Path, tag: &str, h: &DeviceHashes) -> (PathBuf, PathBuf) {
     (root, errors)
 }
 
-fn replay(log: &Path, args: &[String]) -> (Vec<Value>, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_auditwatch"));
-    c.arg("replay").arg("--quiet").args(args).arg(log);
-    let out = run_timeout(c, "auditwatch replay");
-    assert!(out.ok, "auditwatch replay failed: {}", out.stderr);
-    let f = out
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a finding is JSON"))
-        .collect();
-    (f, out.stderr)
+/// `auditwatch replay ARGS LOG`: the findings and stderr.
+fn replay_log(dir: &Path, log: &Path, args: &[String]) -> (Vec<Value>, String) {
+    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    args.push(log.as_os_str());
+    replay(dir, &args)
 }
 
 fn watch_args(device: &str, root: &Path, errors: &Path) -> Vec<String> {
@@ -374,54 +115,21 @@ fn watch_keys(f: &[Value]) -> BTreeSet<(String, String, String, String)> {
 }
 
 #[allow(clippy::too_many_lines)]
-fn scenario(bao_bin: &Path, dir: &Path, transcript: &Arc<Mutex<Vec<String>>>) {
-    let home = dir.join("home");
-    std::fs::create_dir(&home).unwrap();
+fn scenario(t: &BaoTest) {
+    let dir = t.dir;
     let logs: Vec<PathBuf> = DEVICES
         .iter()
         .map(|d| dir.join(format!("{d}.log")))
         .collect();
-    let hcl = dir.join("bao.hcl");
-    let mut text = String::new();
-    for (d, log) in DEVICES.iter().zip(&logs) {
-        text.push_str(&format!(
-            "audit \"file\" \"{d}\" {{\n  options {{\n    file_path = {:?}\n  }}\n}}\n",
-            log.to_str().unwrap()
-        ));
-    }
-    std::fs::write(&hcl, text).unwrap();
-
-    let port = free_port_pair();
-    let server_out = File::create(dir.join("bao-server.out")).unwrap();
-    let mut c = Command::new(bao_bin);
-    clean_env(&mut c, &home);
-    c.arg("server")
-        .arg("-dev")
-        .arg("-dev-root-token-id=root")
-        .arg("-dev-no-store-token")
-        .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-        .arg(format!("-config={}", hcl.display()))
-        .stdin(Stdio::null())
-        .stdout(server_out.try_clone().unwrap())
-        .stderr(server_out);
-    let mut server = Proc::new("bao server", c.spawn().expect("spawn bao server"));
-    let bao = Bao {
-        bin: bao_bin.to_owned(),
-        addr: format!("http://127.0.0.1:{port}"),
-        home: home.clone(),
-        transcript: Arc::clone(transcript),
-    };
-    let deadline = Instant::now() + START_TIMEOUT;
-    while !bao.exec(None, &["status"]).ok {
-        if let Some(st) = server.try_status() {
-            panic!("bao server exited during startup: {st}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "bao server not ready within {START_TIMEOUT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut server = t.start_server(
+        DEVICES
+            .iter()
+            .zip(&logs)
+            .map(|(d, log)| AuditDevice::file(d, log))
+            .collect(),
+    );
+    let bao = server.bao().clone();
+    let port = server.port();
     eprintln!(
         "watchlist_e2e: {}, server on 127.0.0.1:{port}",
         bao.ok(&["version"])
@@ -431,9 +139,9 @@ fn scenario(bao_bin: &Path, dir: &Path, transcript: &Arc<Mutex<Vec<String>>>) {
     let hashes: Vec<DeviceHashes> = DEVICES
         .iter()
         .map(|d| DeviceHashes {
-            root: bao.audit_hash(d, "root"),
-            bad_password: bao.audit_hash(d, "invalid username or password"),
-            bad_role: bao.audit_hash(d, "invalid role or secret ID"),
+            root: audit_hash(&bao, d, "root"),
+            bad_password: audit_hash(&bao, d, "invalid username or password"),
+            bad_role: audit_hash(&bao, d, "invalid role or secret ID"),
         })
         .collect();
     assert_ne!(
@@ -464,33 +172,9 @@ fn scenario(bao_bin: &Path, dir: &Path, transcript: &Arc<Mutex<Vec<String>>>) {
     bao.ok(&["token", "lookup", &default_token]);
 
     // Logins: a good one, an unknown user, an unknown AppRole role_id.
-    bao.ok(&["auth", "enable", "userpass"]);
-    bao.ok(&[
-        "write",
-        "auth/userpass/users/alice",
-        "password=alice-pass-1",
-        "token_policies=default",
-    ]);
-    bao.ok_as(
-        None,
-        &[
-            "login",
-            "-no-store",
-            "-method=userpass",
-            "username=alice",
-            "password=alice-pass-1",
-        ],
-    );
-    bao.fails_as(
-        None,
-        &[
-            "login",
-            "-no-store",
-            "-method=userpass",
-            "username=nobody",
-            "password=whatever",
-        ],
-    );
+    bao.userpass_users(&[("alice", "alice-pass-1")]);
+    bao.login_ok("alice", "alice-pass-1");
+    bao.login_fails("nobody", "whatever");
     bao.ok(&["auth", "enable", "approle"]);
     bao.ok(&["write", "auth/approle/role/ci", "token_policies=default"]);
     bao.fails_as(
@@ -505,20 +189,16 @@ fn scenario(bao_bin: &Path, dir: &Path, transcript: &Arc<Mutex<Vec<String>>>) {
     // What the finding must name: the wrapped accessor, as each device writes it.
     let wrapped_accessor_h: Vec<String> = DEVICES
         .iter()
-        .map(|d| bao.audit_hash(d, &wrapped_accessor))
+        .map(|d| audit_hash(&bao, d, &wrapped_accessor))
         .collect();
 
-    server.signal(libc::SIGINT);
-    if server.wait_timeout(STOP_TIMEOUT).is_none() {
-        eprintln!("watchlist_e2e: bao server did not stop on SIGINT, killing it");
-        server.kill();
-    }
+    server.stop();
 
     // ---------------------------------------------------------- each device, its own lists
     let mut per_device = Vec::new();
     for (i, d) in DEVICES.iter().enumerate() {
         let (root, errors) = write_lists(dir, d, &hashes[i]);
-        let (f, stderr) = replay(&logs[i], &watch_args(d, &root, &errors));
+        let (f, stderr) = replay_log(dir, &logs[i], &watch_args(d, &root, &errors));
         assert!(stderr.is_empty(), "{d}: {stderr}");
 
         let w = with_rule(&f, "root_token.wrapped_created");
@@ -584,12 +264,13 @@ fn scenario(bao_bin: &Path, dir: &Path, transcript: &Arc<Mutex<Vec<String>>>) {
     // ---------------------------------------------------------- wrong lists
     // file-audit's log with file-audit-2's hashes (another salt) declared as its own.
     let (root2, errors2) = write_lists(dir, "file-audit-2", &hashes[1]);
-    let (f, stderr) = replay(&logs[0], &watch_args("file-audit", &root2, &errors2));
+    let (f, stderr) = replay_log(dir, &logs[0], &watch_args("file-audit", &root2, &errors2));
     assert!(stderr.is_empty(), "{stderr}");
     assert!(watch_keys(&f).is_empty(), "{:?}", watch_keys(&f));
     // file-audit's own lists, declared for another device: ignored, with a warning.
     let (root1, errors1) = write_lists(dir, "file-audit", &hashes[0]);
-    let (f, stderr) = replay(
+    let (f, stderr) = replay_log(
+        dir,
         &logs[0],
         &[
             "--device".into(),
@@ -606,6 +287,6 @@ fn scenario(bao_bin: &Path, dir: &Path, transcript: &Arc<Mutex<Vec<String>>>) {
         "{stderr}"
     );
     // Without lists, nothing either.
-    let (f, _) = replay(&logs[0], &[]);
+    let (f, _) = replay_log(dir, &logs[0], &[]);
     assert!(watch_keys(&f).is_empty());
 }

@@ -46,6 +46,20 @@ pub struct Hit {
     pub distinct: Option<String>,
 }
 
+/// A line left unparsed for lazy window triggers: the judge parses it only
+/// if one of its group keys has window state.
+#[derive(Debug, Clone)]
+pub struct GatedLine {
+    pub line_idx: u64,
+    pub offset: u64,
+    /// Per lazy rule: the window keys the line may have (every string value
+    /// of the group field's JSON key, as the analysis would build the key),
+    /// and whether some value could not be read exactly (escapes): then the
+    /// line is always parsed.
+    pub keys: Vec<(usize, Vec<String>, bool)>,
+    pub raw: Box<[u8]>,
+}
+
 /// A line that is not a usable entry.
 #[derive(Debug, Clone)]
 pub struct LineError {
@@ -112,6 +126,9 @@ pub struct BlockResult {
     /// Parsed response entries with a request id, in line order (the judge
     /// joins them to the request findings it holds).
     pub responses: Vec<crate::correlate::ResponseNote>,
+    /// Lines only a lazy trigger's literals selected, left unparsed for the
+    /// judge (see [`crate::rules::Window::lazy_trigger_key`]), in line order.
+    pub gated: Vec<GatedLine>,
     /// The first [`ERRORS_KEPT_PER_BLOCK`] errors, located.
     pub errors: Vec<LineError>,
 }
@@ -197,6 +214,12 @@ impl Analyzer {
         } else {
             scanner.next(0)
         };
+        let mut gate = if self.strict {
+            None
+        } else {
+            self.rules.gate_scanner(block)
+        };
+        let mut gate_next = gate.as_mut().and_then(|g| g.next(0));
         for (idx, (start, line)) in lines(block).enumerate() {
             let idx = idx as u64;
             out.lines += 1;
@@ -226,6 +249,13 @@ impl Analyzer {
                 continue;
             }
             let candidate = self.strict || next.is_some_and(|p| p < end);
+            let gated = gate_next.is_some_and(|p| p < end);
+            if gated {
+                gate_next = gate.as_mut().and_then(|g| g.next(end));
+            }
+            if gated && !candidate {
+                self.gate_line(content, idx, start as u64, &mut out);
+            }
             if candidate {
                 out.candidates += 1;
                 let text = if block_is_utf8 {
@@ -282,6 +312,35 @@ impl Analyzer {
         out
     }
 
+    /// Keeps a line for the judge's lazy triggers with the keys it may have.
+    fn gate_line(&self, content: &[u8], idx: u64, offset: u64, out: &mut BlockResult) {
+        let mut keys = Vec::new();
+        for &rule in self.rules.lazy_triggers() {
+            let Some(key) = self
+                .rules
+                .get(rule)
+                .window
+                .as_ref()
+                .and_then(|w| w.lazy_trigger_key.as_deref())
+            else {
+                continue;
+            };
+            let (values, unknown) = string_values_of_key(content, key);
+            if unknown || !values.is_empty() {
+                let values = values.into_iter().map(|v| v + "\u{1f}").collect();
+                keys.push((rule, values, unknown));
+            }
+        }
+        if !keys.is_empty() {
+            out.gated.push(GatedLine {
+                line_idx: idx,
+                offset,
+                keys,
+                raw: content.into(),
+            });
+        }
+    }
+
     fn judge_line(
         &self,
         entry: &AuditEntry<'_>,
@@ -292,59 +351,151 @@ impl Analyzer {
     ) {
         for (rule_idx, role) in self.rules.matches(entry) {
             let rule = self.rules.get(rule_idx);
-            let throttle_key = rule.throttle.as_ref().map(|t| {
-                let mut key = String::new();
-                for f in &t.key {
-                    if let Some(v) = value_string(&f.get(entry)) {
-                        key.push_str(&v);
+            if let Some(t) = &rule.throttle {
+                // Repeats within the block go no further (the judge would
+                // hold them back whatever it decides for the first).
+                let time_ns = entry.time.as_deref().and_then(parse::parse_time_nanos);
+                if let Some(now) = time_ns {
+                    let bucket = now.div_euclid(t.window.as_nanos().max(1) as i64);
+                    let key = throttle_key(t, entry);
+                    if !out.throttled.insert((rule_idx, key, bucket)) {
+                        out.suppressed += 1;
+                        continue;
                     }
-                    key.push('\u{1f}');
-                }
-                key
-            });
-            let (group, distinct) = match &rule.window {
-                None => (None, None),
-                Some(w) => {
-                    let mut key = String::new();
-                    let mut complete = true;
-                    for f in &w.group_by {
-                        match value_string(&f.get(entry)) {
-                            Some(v) => key.push_str(&v),
-                            None => complete = false,
-                        }
-                        key.push('\u{1f}');
-                    }
-                    let distinct = w
-                        .distinct
-                        .as_ref()
-                        .and_then(|(_, f)| value_string(&f.get(entry)));
-                    (complete.then_some(key), distinct)
-                }
-            };
-            let time_ns = entry.time.as_deref().and_then(parse::parse_time_nanos);
-            if let (Some(t), Some(key), Some(now)) = (&rule.throttle, &throttle_key, time_ns) {
-                let bucket = now.div_euclid(t.window.as_nanos().max(1) as i64);
-                if !out.throttled.insert((rule_idx, key.clone(), bucket)) {
-                    out.suppressed += 1;
-                    continue;
                 }
             }
-            out.hits.push(Hit {
-                rule: rule_idx,
-                line_idx: idx,
-                offset,
-                finding: rule
-                    .throttle
-                    .is_none()
-                    .then(|| build_finding(rule, entry, raw)),
-                raw: rule.throttle.is_some().then(|| raw.into()),
-                throttle_key,
-                time_ns,
-                role,
-                group,
-                distinct,
-            });
+            out.hits
+                .push(hit_for(rule_idx, rule, role, entry, raw, idx, offset));
         }
+    }
+}
+
+fn throttle_key(t: &crate::rules::Throttle, entry: &AuditEntry<'_>) -> String {
+    let mut key = String::new();
+    for f in &t.key {
+        if let Some(v) = value_string(&f.get(entry)) {
+            key.push_str(&v);
+        }
+        key.push('\u{1f}');
+    }
+    key
+}
+
+/// Every string value of JSON key `key` anywhere in `line`, without
+/// parsing: `"key"`, blanks, `:`, blanks, then a string. Values holding an
+/// escape (or not valid UTF-8) are not returned but flagged (`true`): the
+/// caller must then parse the line. Never misses a value the parser would
+/// give for that key, except a key spelled with escapes, and lines with
+/// `\u` escapes are prefilter candidates anyway.
+pub fn string_values_of_key(line: &[u8], key: &str) -> (Vec<String>, bool) {
+    let needle = format!("\"{key}\"");
+    let mut out = Vec::new();
+    let mut unknown = false;
+    for at in memchr::memmem::find_iter(line, needle.as_bytes()) {
+        let mut i = at + needle.len();
+        let skip_blanks = |i: &mut usize| {
+            while line
+                .get(*i)
+                .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+            {
+                *i += 1;
+            }
+        };
+        skip_blanks(&mut i);
+        if line.get(i) != Some(&b':') {
+            continue; // a value "key", not a key
+        }
+        i += 1;
+        skip_blanks(&mut i);
+        if line.get(i) != Some(&b'"') {
+            continue; // not a string value
+        }
+        let start = i + 1;
+        let Some(len) = memchr::memchr2(b'"', b'\\', &line[start..]) else {
+            unknown = true;
+            continue;
+        };
+        if line[start + len] == b'\\' {
+            unknown = true;
+            continue;
+        }
+        match std::str::from_utf8(&line[start..start + len]) {
+            Ok(v) => out.push(v.to_owned()),
+            Err(_) => unknown = true,
+        }
+    }
+    (out, unknown)
+}
+
+/// The trigger hits of lazy rules `rules_wanted` on a parsed entry (the
+/// judge's side of [`GatedLine`]).
+pub fn lazy_trigger_hits(
+    rules: &RuleSet,
+    rules_wanted: &[usize],
+    entry: &AuditEntry<'_>,
+    raw: &[u8],
+    idx: u64,
+    offset: u64,
+) -> Vec<Hit> {
+    rules_wanted
+        .iter()
+        .filter(|&&i| {
+            rules
+                .get(i)
+                .window
+                .as_ref()
+                .and_then(|w| w.trigger.as_ref())
+                .is_some_and(|t| t.eval(entry))
+                && !rules.get(i).when.eval(entry)
+        })
+        .map(|&i| hit_for(i, rules.get(i), Role::Trigger, entry, raw, idx, offset))
+        .collect()
+}
+
+/// A hit of rule `rule_idx` on an entry, with what the judge needs.
+fn hit_for(
+    rule_idx: usize,
+    rule: &Rule,
+    role: Role,
+    entry: &AuditEntry<'_>,
+    raw: &[u8],
+    idx: u64,
+    offset: u64,
+) -> Hit {
+    let throttle_key = rule.throttle.as_ref().map(|t| throttle_key(t, entry));
+    let (group, distinct) = match &rule.window {
+        None => (None, None),
+        Some(w) => {
+            let mut key = String::new();
+            let mut complete = true;
+            for f in &w.group_by {
+                match value_string(&f.get(entry)) {
+                    Some(v) => key.push_str(&v),
+                    None => complete = false,
+                }
+                key.push('\u{1f}');
+            }
+            let distinct = w
+                .distinct
+                .as_ref()
+                .and_then(|(_, f)| value_string(&f.get(entry)));
+            (complete.then_some(key), distinct)
+        }
+    };
+    Hit {
+        rule: rule_idx,
+        line_idx: idx,
+        offset,
+        finding: rule
+            .throttle
+            .is_none()
+            .then(|| build_finding(rule, entry, raw)),
+        raw: rule.throttle.is_some().then(|| raw.into()),
+        throttle_key,
+        time_ns: entry.time.as_deref().and_then(parse::parse_time_nanos),
+        role,
+        group,
+        distinct,
     }
 }
 
@@ -471,6 +622,26 @@ fn outcome(e: &AuditEntry<'_>) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn string_values_of_a_key_are_read_without_parsing() {
+        let line = br#"{"request":{"remote_address" : "10.0.0.1","data":{"x":"remote_address","remote_address":"a\"b"}},"auth":{"remote_address":7},"remote_address":"::1"}"#;
+        let (values, unknown) = string_values_of_key(line, "remote_address");
+        assert_eq!(values, ["10.0.0.1", "::1"]);
+        assert!(unknown, "the escaped value must make the caller parse");
+        let (values, unknown) =
+            string_values_of_key(br#"{"remote_address":"1.2.3.4"}"#, "remote_address");
+        assert_eq!(
+            (values.as_slice(), unknown),
+            (&["1.2.3.4".to_owned()][..], false)
+        );
+        assert_eq!(
+            string_values_of_key(br#"{"a":"b"}"#, "remote_address"),
+            (vec![], false)
+        );
+        // Cut at the end of the line: not readable, so parse.
+        assert!(string_values_of_key(br#"{"remote_address":"1.2"#, "remote_address").1);
+    }
+
     use super::*;
 
     #[test]

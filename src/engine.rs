@@ -69,6 +69,10 @@ pub struct Stats {
     pub findings_by_severity: BTreeMap<String, u64>,
     /// Request/response correlation (see [`crate::correlate`]).
     pub correlation: crate::correlate::CorrelationStats,
+    /// Lines left unparsed for lazy window triggers, and how many of them
+    /// the judge parsed (their group key had window state).
+    pub lazy_trigger_lines: u64,
+    pub lazy_trigger_parsed: u64,
     /// The first located errors.
     pub errors: Vec<LocatedError>,
 }
@@ -277,85 +281,148 @@ impl Judge {
                 });
             }
         }
+        // Hits, lazily judged lines and responses, in line order. A
+        // response's own hits come before its note (they may merge with a
+        // held request).
+        let mut hits = result.hits.into_iter().peekable();
+        let mut gated = result.gated.into_iter().peekable();
         let mut notes = result.responses.into_iter().peekable();
-        for mut hit in result.hits {
-            // Responses before this hit's line first; a response's own hits
-            // before its note (they may merge with a held request).
-            while let Some(note) = notes.next_if(|n| n.line_idx < hit.line_idx) {
+        loop {
+            let h = hits.peek().map(|x| x.line_idx);
+            let g = gated.peek().map(|x| x.line_idx);
+            let n = notes.peek().map(|x| x.line_idx);
+            let Some(first) = [h, g, n].into_iter().flatten().min() else {
+                break;
+            };
+            if h == Some(first) {
+                let hit = hits.next().expect("peeked");
+                self.judge_hit(pos, offset, hit, emit);
+            } else if g == Some(first) {
+                let line = gated.next().expect("peeked");
+                for hit in self.resolve_gated(line) {
+                    self.judge_hit(pos, offset, hit, emit);
+                }
+            } else {
+                let note = notes.next().expect("peeked");
                 self.answer(pos, offset, &note, emit);
             }
-            if let Some(t) = hit.time_ns {
-                self.clock = self.clock.max(t);
-            }
-            // Expired waits go out in entry order, wherever blocks are cut.
-            self.expire_held(emit);
-            // An Arc clone so the window state can be borrowed mutably.
-            let rules = self.rules.clone();
-            if let Some(w) = &rules.get(hit.rule).window {
-                let line = pos.lines_before + hit.line_idx + 1;
-                let Some(detail) = self.window_event(hit.rule, w, &hit, &pos.name, line) else {
-                    continue;
-                };
-                if let Some(f) = hit.finding.as_mut() {
-                    f.detail.insert("window".into(), detail);
-                }
-            } else if hit.role == Role::Trigger {
-                continue;
-            }
-            let rule = self.rules.get(hit.rule);
-            if let (Some(t), Some(key), Some(now)) = (&rule.throttle, hit.throttle_key, hit.time_ns)
-            {
-                // One finding per key per window of entry time, windows
-                // aligned to the clock (`1h`: each clock hour), so the
-                // analysis threads can drop repeats inside a block on their
-                // own. A late entry of an earlier window counts as a repeat.
-                let bucket = now.div_euclid(t.window.as_nanos().max(1) as i64);
-                let slot = (hit.rule, key);
-                if self.throttle.get(&slot).is_some_and(|&last| bucket <= last) {
-                    self.stats.suppressed += 1;
-                    continue;
-                }
-                if self.throttle.len() >= THROTTLE_KEYS_MAX {
-                    evict_stalest(&mut self.throttle);
-                }
-                self.throttle.insert(slot, bucket);
-            }
-            let built = match (hit.finding, hit.raw) {
-                (Some(f), _) => Some(f),
-                (None, Some(raw)) => crate::parse::parse_line(&raw)
-                    .ok()
-                    .map(|e| crate::analyze::build_finding(rule, &e, &raw)),
-                (None, None) => None,
-            };
-            let Some(mut f) = built else { continue };
-            f.source = SourceRef {
-                kind: pos.kind,
-                name: pos.name.clone(),
-                line: pos.lines_before + hit.line_idx + 1,
-                offset: offset + hit.offset,
-            };
-            let stateless = rule.window.is_none() && rule.throttle.is_none();
-            if !stateless {
-                self.report(f, emit);
-                continue;
-            }
-            let mut released = Vec::new();
-            let time_ns = hit.time_ns.unwrap_or(self.clock);
-            if let Some(f) = self
-                .correlator
-                .route(hit.rule, f, time_ns, &mut |old| released.push(old))
-            {
-                released.push(f);
-            }
-            for f in released {
-                self.report(f, emit);
-            }
-        }
-        for note in notes {
-            self.answer(pos, offset, &note, emit);
         }
         self.expire_held(emit);
         pos.lines_before += result.lines;
+    }
+
+    /// A line left unparsed for lazy triggers: parsed only when one of its
+    /// possible group keys holds a full window already (else no trigger can
+    /// fire: a window only loses events as time goes on).
+    fn resolve_gated(&mut self, line: crate::analyze::GatedLine) -> Vec<crate::analyze::Hit> {
+        self.stats.lazy_trigger_lines += 1;
+        let rules = self.rules.clone();
+        let wanted: Vec<usize> = line
+            .keys
+            .iter()
+            .filter(|(rule, keys, unknown)| {
+                let Some(w) = rules.get(*rule).window.as_ref() else {
+                    return false;
+                };
+                *unknown
+                    || self.windows.get(rule).is_some_and(|m| {
+                        keys.iter()
+                            .any(|k| m.get(k).is_some_and(|st| st.measure(w) >= w.count))
+                    })
+            })
+            .map(|(rule, _, _)| *rule)
+            .collect();
+        if wanted.is_empty() {
+            return Vec::new();
+        }
+        self.stats.lazy_trigger_parsed += 1;
+        // Not valid JSON: counted by the analysis already (as a non-candidate).
+        let Ok(entry) = crate::parse::parse_line(&line.raw) else {
+            return Vec::new();
+        };
+        crate::analyze::lazy_trigger_hits(
+            &self.rules,
+            &wanted,
+            &entry,
+            &line.raw,
+            line.line_idx,
+            line.offset,
+        )
+    }
+
+    /// Judges one hit: windows, throttles, correlation, then reports.
+    fn judge_hit(
+        &mut self,
+        pos: &StreamPos,
+        offset: u64,
+        mut hit: crate::analyze::Hit,
+        emit: &mut dyn FnMut(Finding),
+    ) {
+        if let Some(t) = hit.time_ns {
+            self.clock = self.clock.max(t);
+        }
+        // Expired waits go out in entry order, wherever blocks are cut.
+        self.expire_held(emit);
+        // An Arc clone so the window state can be borrowed mutably.
+        let rules = self.rules.clone();
+        if let Some(w) = &rules.get(hit.rule).window {
+            let line = pos.lines_before + hit.line_idx + 1;
+            let Some(detail) = self.window_event(hit.rule, w, &hit, &pos.name, line) else {
+                return;
+            };
+            if let Some(f) = hit.finding.as_mut() {
+                f.detail.insert("window".into(), detail);
+            }
+        } else if hit.role == Role::Trigger {
+            return;
+        }
+        let rule = self.rules.get(hit.rule);
+        if let (Some(t), Some(key), Some(now)) = (&rule.throttle, hit.throttle_key, hit.time_ns) {
+            // One finding per key per window of entry time, windows
+            // aligned to the clock (`1h`: each clock hour), so the
+            // analysis threads can drop repeats inside a block on their
+            // own. A late entry of an earlier window counts as a repeat.
+            let bucket = now.div_euclid(t.window.as_nanos().max(1) as i64);
+            let slot = (hit.rule, key);
+            if self.throttle.get(&slot).is_some_and(|&last| bucket <= last) {
+                self.stats.suppressed += 1;
+                return;
+            }
+            if self.throttle.len() >= THROTTLE_KEYS_MAX {
+                evict_stalest(&mut self.throttle);
+            }
+            self.throttle.insert(slot, bucket);
+        }
+        let built = match (hit.finding, hit.raw) {
+            (Some(f), _) => Some(f),
+            (None, Some(raw)) => crate::parse::parse_line(&raw)
+                .ok()
+                .map(|e| crate::analyze::build_finding(rule, &e, &raw)),
+            (None, None) => None,
+        };
+        let Some(mut f) = built else { return };
+        f.source = SourceRef {
+            kind: pos.kind,
+            name: pos.name.clone(),
+            line: pos.lines_before + hit.line_idx + 1,
+            offset: offset + hit.offset,
+        };
+        let stateless = rule.window.is_none() && rule.throttle.is_none();
+        if !stateless {
+            self.report(f, emit);
+            return;
+        }
+        let mut released = Vec::new();
+        let time_ns = hit.time_ns.unwrap_or(self.clock);
+        if let Some(f) = self
+            .correlator
+            .route(hit.rule, f, time_ns, &mut |old| released.push(old))
+        {
+            released.push(f);
+        }
+        for f in released {
+            self.report(f, emit);
+        }
     }
 
     /// A parsed response: request findings waiting for it are reported.

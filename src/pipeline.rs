@@ -294,7 +294,7 @@ enum Judged {
         source: Arc<SourceInfo>,
         lines_before: u64,
         offset: u64,
-        result: BlockResult,
+        result: Box<BlockResult>,
         /// The rules the block was analysed with (hit indices refer to them).
         rules: Arc<RuleSet>,
     },
@@ -382,7 +382,7 @@ impl Pipeline {
                                     let analyzer =
                                         shared.read().unwrap_or_else(|p| p.into_inner()).clone();
                                     Judged::Block {
-                                        result: analyzer.scan_block(&block),
+                                        result: Box::new(analyzer.scan_block(&block)),
                                         rules: analyzer.rules().clone(),
                                         source,
                                         lines_before,
@@ -462,7 +462,7 @@ impl Pipeline {
                                 name: source.name.clone(),
                                 lines_before,
                             };
-                            judge.block(&mut pos, offset, result, false, &mut deliver);
+                            judge.block(&mut pos, offset, *result, false, &mut deliver);
                             if let Ok(mut l) = live.lock() {
                                 let s = &judge.stats;
                                 l.entries = s.entries;

@@ -39,6 +39,8 @@ pub struct Needs {
     pub throttle: Option<serde_json::Value>,
     /// Whether a finding on a request waits for its response (no window, no throttle).
     pub correlated: bool,
+    /// For a lazy trigger: the JSON key read from raw lines to decide whether to parse them.
+    pub lazy_trigger_key: Option<String>,
     /// Fields copied into the finding's `detail`.
     pub detail: Vec<String>,
 }
@@ -118,6 +120,10 @@ pub fn explain(set: &RuleSet, id: &str) -> Option<Explanation> {
                 |t| serde_json::json!({ "key": t.key_names, "window_seconds": t.window.as_secs() }),
             ),
             correlated: rule.window.is_none() && rule.throttle.is_none(),
+            lazy_trigger_key: rule
+                .window
+                .as_ref()
+                .and_then(|w| w.lazy_trigger_key.clone()),
             detail: rule.detail.iter().map(|(name, _)| name.clone()).collect(),
         },
         fixtures,
@@ -198,6 +204,12 @@ pub fn render_text(e: &Explanation) -> String {
     }
     if let Some(w) = &e.needs.window {
         let _ = writeln!(s, "  a window: {w}");
+    }
+    if let Some(k) = &e.needs.lazy_trigger_key {
+        let _ = writeln!(
+            s,
+            "  a lazy trigger: a line only it selects is parsed when its {k:?} value has a full window"
+        );
     }
     if let Some(t) = &e.needs.throttle {
         let _ = writeln!(s, "  a throttle (one finding per key per window): {t}");

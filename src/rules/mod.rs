@@ -154,6 +154,12 @@ pub struct Window {
     pub trigger: Option<Cond>,
     /// Keys kept at most; the stalest half is dropped when full.
     pub max_keys: usize,
+    /// The JSON key of the one group field, when the trigger is judged
+    /// lazily: lines only the trigger's literals select are not parsed by
+    /// the analysis threads; the judge reads their group key from the raw
+    /// bytes and parses them only when that key has window state (a
+    /// successful login is only interesting from an address that failed).
+    pub lazy_trigger_key: Option<String>,
 }
 
 /// Default cap of keys a window rule tracks.
@@ -232,6 +238,10 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     prefilter: Option<Prefilter>,
     literal_count: usize,
+    /// Literals of the lazy triggers (see [`Window::lazy_trigger_key`]).
+    gate: Option<Prefilter>,
+    /// Rules whose trigger is lazy.
+    lazy_triggers: Vec<usize>,
 }
 
 impl std::fmt::Debug for Prefilter {
@@ -290,7 +300,7 @@ impl RuleSet {
         Self::from_rules(parse_file(origin, text)?)
     }
 
-    fn from_rules(rules: Vec<Rule>) -> Result<RuleSet, RuleError> {
+    fn from_rules(mut rules: Vec<Rule>) -> Result<RuleSet, RuleError> {
         if rules.len() > MAX_RULES {
             return Err(err("rules", format!("more than {MAX_RULES} rules")));
         }
@@ -327,10 +337,64 @@ impl RuleSet {
         } else {
             None
         };
+        // Lazy triggers (see `Window::lazy_trigger_key`): only useful while
+        // the prefilter is on (else every line is parsed anyway), and for
+        // triggers whose lines are not candidates anyway (`sys/plugins/…`
+        // holds the plain pattern `sys/`): those are judged at once.
+        for r in &mut rules {
+            let Some(w) = r.window.as_mut() else { continue };
+            let covered = w.lazy_trigger_key.is_some()
+                && w.trigger
+                    .as_ref()
+                    .and_then(Cond::literals)
+                    .is_some_and(|lits| {
+                        lits.iter().all(|l| {
+                            // A line holding `l` holds a plain pattern, or
+                            // a stem's member (where the stem counts).
+                            !l.starts_with([ARRAY_ELEMENT, VERBATIM])
+                                && literals.iter().any(|p| {
+                                    !p.text.starts_with([ARRAY_ELEMENT, VERBATIM])
+                                        && if p.members.is_empty() {
+                                            l.contains(p.text.as_str())
+                                        } else {
+                                            p.members.iter().any(|m| l.contains(m.as_str()))
+                                        }
+                                })
+                        })
+                    });
+            if covered {
+                w.lazy_trigger_key = None;
+            }
+        }
+        let lazy: Vec<usize> = (0..rules.len())
+            .filter(|&i| {
+                rules[i]
+                    .window
+                    .as_ref()
+                    .is_some_and(|w| w.lazy_trigger_key.is_some())
+            })
+            .collect();
+        let gate_literals: Vec<String> = lazy
+            .iter()
+            .filter_map(|&i| rules[i].window.as_ref()?.trigger.as_ref()?.literals())
+            .flatten()
+            .collect();
+        let gate = if prefilter.is_some() && !gate_literals.is_empty() {
+            let patterns = minimize_literals(gate_literals);
+            tracing::debug!(
+                patterns = ?patterns.iter().map(|p| &p.text).collect::<Vec<_>>(),
+                "lazy trigger gate patterns"
+            );
+            Some(Prefilter::new(&patterns).map_err(|e| err("trigger gate", e))?)
+        } else {
+            None
+        };
         Ok(RuleSet {
             literal_count: literals.len(),
             rules,
             prefilter,
+            gate,
+            lazy_triggers: lazy,
         })
     }
 
@@ -412,6 +476,27 @@ impl RuleSet {
     /// Whether a single line passes the prefilter.
     pub fn is_candidate(&self, line: &[u8]) -> bool {
         self.scanner(line).next(0).is_some()
+    }
+
+    /// A scanner of `hay` for the literals of lazy triggers; `None` when
+    /// there are none (or the prefilter is off and every line is parsed).
+    /// Escapes are not looked for: a line with `\u`/`\/` escapes is a
+    /// candidate of the main prefilter (parsed, every trigger judged at once).
+    pub fn gate_scanner<'a>(&'a self, hay: &'a [u8]) -> Option<Scanner<'a>> {
+        self.gate.as_ref().map(|g| Scanner::literals_only(g, hay))
+    }
+
+    /// Whether a line that is not a candidate goes to the judge for a lazy
+    /// trigger (a line matching any rule's `when` or trigger is one or the
+    /// other).
+    pub fn is_gate_candidate(&self, line: &[u8]) -> bool {
+        self.gate_scanner(line)
+            .is_some_and(|mut s| s.next(0).is_some())
+    }
+
+    /// Rules whose trigger is lazy.
+    pub fn lazy_triggers(&self) -> &[usize] {
+        &self.lazy_triggers
     }
 
     /// The rules an entry concerns (stateless part only): `(rule, Role)`.
@@ -776,6 +861,14 @@ fn parse_file(origin: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
                     }
                     None => None,
                 };
+                let lazy_trigger_key = match (&trigger, group_by.as_slice()) {
+                    (Some(t), [f])
+                        if t.literals().is_some() && f.is_verbatim() && !f.is_array() =>
+                    {
+                        f.json_key()
+                    }
+                    _ => None,
+                };
                 Some(Window {
                     group_by,
                     group_names: w.group_by,
@@ -784,6 +877,7 @@ fn parse_file(origin: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
                     distinct,
                     trigger,
                     max_keys: w.max_keys.unwrap_or(WINDOW_KEYS_MAX).max(1),
+                    lazy_trigger_key,
                 })
             }
         };
@@ -811,8 +905,11 @@ fn parse_file(origin: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
 }
 
 /// The literals of a rule: its `when`'s, and a trigger's (whose entries must pass the
-/// prefilter too).
+/// prefilter too) unless the trigger is lazy (its literals go to the trigger gate).
 fn rule_literals(when: &Cond, window: Option<&Window>) -> Option<Vec<String>> {
+    if window.is_some_and(|w| w.lazy_trigger_key.is_some()) {
+        return when.literals();
+    }
     match (when.literals(), window.and_then(|w| w.trigger.as_ref())) {
         (Some(mut a), Some(t)) => t.literals().map(|b| {
             a.extend(b);
@@ -962,6 +1059,56 @@ when = { field = "path", glob = ["sys/raw", "sys/raw/**"] }
             }
         }
         assert!(checked > 60);
+    }
+
+    #[test]
+    fn a_lazy_trigger_goes_through_the_gate_not_the_prefilter() {
+        let set = RuleSet::builtin().unwrap();
+        let i = set
+            .rules()
+            .iter()
+            .position(|r| r.id == "brute_force.success_after_failures")
+            .unwrap();
+        assert!(set.lazy_triggers().contains(&i));
+        let w = set.get(i).window.as_ref().unwrap();
+        assert_eq!(w.lazy_trigger_key.as_deref(), Some("remote_address"));
+        // A real successful login (scenarios.log line 19) is the trigger.
+        let ok = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/openbao/scenarios.log"),
+        )
+        .unwrap()
+        .lines()
+        .nth(18)
+        .unwrap()
+        .to_owned();
+        let e = parse::parse_str(&ok).unwrap();
+        assert!(set
+            .matches(&e)
+            .any(|(r, role)| r == i && role == Role::Trigger));
+        assert!(!set.is_candidate(ok.as_bytes()), "no rule needs it parsed");
+        assert!(set.is_gate_candidate(ok.as_bytes()));
+        // A rule with two group fields keeps an eager trigger.
+        let two = RuleSet::from_toml(
+            "t.toml",
+            r#"
+[[rule]]
+id = "t.two"
+title = "t"
+category = "c"
+severity = "low"
+description = "d"
+[rule.window]
+group_by = ["request.remote_address", "login_user"]
+count = 2
+within = "1m"
+trigger = { field = "path", prefix = "auth/x/" }
+[rule.when]
+all = [{ field = "path", prefix = "sys/raw" }]
+"#,
+        )
+        .unwrap();
+        assert!(two.lazy_triggers().is_empty());
+        assert!(two.is_candidate(br#"{"request":{"path":"auth/x/login"}}"#));
     }
 
     /// Rule files the fuzzer (and a read of the code) found where a rule

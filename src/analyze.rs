@@ -47,17 +47,48 @@ pub struct Hit {
 }
 
 /// A line left unparsed for lazy window triggers: the judge parses it only
-/// if one of its group keys has window state.
+/// if one of its group keys holds a full window. Its bytes and keys live in
+/// the block's [`Gated`] arena (one allocation per block, not per line).
 #[derive(Debug, Clone)]
 pub struct GatedLine {
     pub line_idx: u64,
     pub offset: u64,
-    /// Per lazy rule: the window keys the line may have (every string value
-    /// of the group field's JSON key, as the analysis would build the key),
-    /// and whether some value could not be read exactly (escapes): then the
-    /// line is always parsed.
-    pub keys: Vec<(usize, Vec<String>, bool)>,
-    pub raw: Box<[u8]>,
+    raw: std::ops::Range<usize>,
+    keys: std::ops::Range<usize>,
+}
+
+/// One possible window key of a [`GatedLine`] for one lazy rule: a string
+/// value of the group field's JSON key, as the analysis would build the key,
+/// or `unknown` when a value could not be read exactly (escapes): then the
+/// line is always parsed.
+#[derive(Debug, Clone)]
+pub struct GatedKey {
+    pub rule: usize,
+    text: std::ops::Range<usize>,
+    pub unknown: bool,
+}
+
+/// The lines of a block left for lazy triggers, in line order.
+#[derive(Debug, Default)]
+pub struct Gated {
+    pub lines: Vec<GatedLine>,
+    bytes: Vec<u8>,
+    keys: Vec<GatedKey>,
+    text: String,
+}
+
+impl Gated {
+    pub fn raw(&self, l: &GatedLine) -> &[u8] {
+        &self.bytes[l.raw.clone()]
+    }
+
+    pub fn keys(&self, l: &GatedLine) -> &[GatedKey] {
+        &self.keys[l.keys.clone()]
+    }
+
+    pub fn key_text(&self, k: &GatedKey) -> &str {
+        &self.text[k.text.clone()]
+    }
 }
 
 /// A line that is not a usable entry.
@@ -128,7 +159,7 @@ pub struct BlockResult {
     pub responses: Vec<crate::correlate::ResponseNote>,
     /// Lines only a lazy trigger's literals selected, left unparsed for the
     /// judge (see [`crate::rules::Window::lazy_trigger_key`]), in line order.
-    pub gated: Vec<GatedLine>,
+    pub gated: Gated,
     /// The first [`ERRORS_KEPT_PER_BLOCK`] errors, located.
     pub errors: Vec<LineError>,
 }
@@ -314,29 +345,36 @@ impl Analyzer {
 
     /// Keeps a line for the judge's lazy triggers with the keys it may have.
     fn gate_line(&self, content: &[u8], idx: u64, offset: u64, out: &mut BlockResult) {
-        let mut keys = Vec::new();
-        for &rule in self.rules.lazy_triggers() {
-            let Some(key) = self
-                .rules
-                .get(rule)
-                .window
-                .as_ref()
-                .and_then(|w| w.lazy_trigger_key.as_deref())
-            else {
-                continue;
-            };
-            let (values, unknown) = string_values_of_key(content, key);
-            if unknown || !values.is_empty() {
-                let values = values.into_iter().map(|v| v + "\u{1f}").collect();
-                keys.push((rule, values, unknown));
+        let g = &mut out.gated;
+        let keys_start = g.keys.len();
+        for (rule, finder) in self.rules.lazy_trigger_finders() {
+            let mut unknown = false;
+            for value in string_values_of_key(content, finder, &mut unknown) {
+                let start = g.text.len();
+                g.text.push_str(value);
+                g.text.push('\u{1f}');
+                g.keys.push(GatedKey {
+                    rule,
+                    text: start..g.text.len(),
+                    unknown: false,
+                });
+            }
+            if unknown {
+                g.keys.push(GatedKey {
+                    rule,
+                    text: 0..0,
+                    unknown: true,
+                });
             }
         }
-        if !keys.is_empty() {
-            out.gated.push(GatedLine {
+        if g.keys.len() > keys_start {
+            let raw_start = g.bytes.len();
+            g.bytes.extend_from_slice(content);
+            g.lines.push(GatedLine {
                 line_idx: idx,
                 offset,
-                keys,
-                raw: content.into(),
+                raw: raw_start..g.bytes.len(),
+                keys: keys_start..g.keys.len(),
             });
         }
     }
@@ -381,50 +419,52 @@ fn throttle_key(t: &crate::rules::Throttle, entry: &AuditEntry<'_>) -> String {
     key
 }
 
-/// Every string value of JSON key `key` anywhere in `line`, without
-/// parsing: `"key"`, blanks, `:`, blanks, then a string. Values holding an
-/// escape (or not valid UTF-8) are not returned but flagged (`true`): the
-/// caller must then parse the line. Never misses a value the parser would
-/// give for that key, except a key spelled with escapes, and lines with
-/// `\u` escapes are prefilter candidates anyway.
-pub fn string_values_of_key(line: &[u8], key: &str) -> (Vec<String>, bool) {
-    let needle = format!("\"{key}\"");
-    let mut out = Vec::new();
-    let mut unknown = false;
-    for at in memchr::memmem::find_iter(line, needle.as_bytes()) {
-        let mut i = at + needle.len();
-        let skip_blanks = |i: &mut usize| {
-            while line
-                .get(*i)
-                .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-            {
-                *i += 1;
-            }
-        };
-        skip_blanks(&mut i);
-        if line.get(i) != Some(&b':') {
-            continue; // a value "key", not a key
+/// Every string value of a JSON key anywhere in `line`, without parsing:
+/// `finder` looks for `"key"`, then blanks, `:`, blanks and a string must
+/// follow. Values holding an escape (or not valid UTF-8) are not returned
+/// but set `unknown`: the caller must then parse the line. Never misses a
+/// value the parser would give for that key, except a key spelled with
+/// escapes, and lines with `\u` escapes are prefilter candidates anyway.
+pub fn string_values_of_key<'l>(
+    line: &'l [u8],
+    finder: &'l memchr::memmem::Finder<'static>,
+    unknown: &'l mut bool,
+) -> impl Iterator<Item = &'l str> + 'l {
+    let blanks = |line: &[u8], mut i: usize| {
+        while line
+            .get(i)
+            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        {
+            i += 1;
         }
-        i += 1;
-        skip_blanks(&mut i);
+        i
+    };
+    finder.find_iter(line).filter_map(move |at| {
+        let mut i = blanks(line, at + finder.needle().len());
+        if line.get(i) != Some(&b':') {
+            return None; // a value "key", not a key
+        }
+        i = blanks(line, i + 1);
         if line.get(i) != Some(&b'"') {
-            continue; // not a string value
+            return None; // not a string value
         }
         let start = i + 1;
         let Some(len) = memchr::memchr2(b'"', b'\\', &line[start..]) else {
-            unknown = true;
-            continue;
+            *unknown = true;
+            return None;
         };
         if line[start + len] == b'\\' {
-            unknown = true;
-            continue;
+            *unknown = true;
+            return None;
         }
         match std::str::from_utf8(&line[start..start + len]) {
-            Ok(v) => out.push(v.to_owned()),
-            Err(_) => unknown = true,
+            Ok(v) => Some(v),
+            Err(_) => {
+                *unknown = true;
+                None
+            }
         }
-    }
-    (out, unknown)
+    })
 }
 
 /// The trigger hits of lazy rules `rules_wanted` on a parsed entry (the
@@ -624,22 +664,25 @@ fn outcome(e: &AuditEntry<'_>) -> &'static str {
 mod tests {
     #[test]
     fn string_values_of_a_key_are_read_without_parsing() {
+        let finder = memchr::memmem::Finder::new(b"\"remote_address\"").into_owned();
+        let read = |line: &[u8]| {
+            let mut unknown = false;
+            let values: Vec<String> = string_values_of_key(line, &finder, &mut unknown)
+                .map(str::to_owned)
+                .collect();
+            (values, unknown)
+        };
         let line = br#"{"request":{"remote_address" : "10.0.0.1","data":{"x":"remote_address","remote_address":"a\"b"}},"auth":{"remote_address":7},"remote_address":"::1"}"#;
-        let (values, unknown) = string_values_of_key(line, "remote_address");
+        let (values, unknown) = read(line);
         assert_eq!(values, ["10.0.0.1", "::1"]);
         assert!(unknown, "the escaped value must make the caller parse");
-        let (values, unknown) =
-            string_values_of_key(br#"{"remote_address":"1.2.3.4"}"#, "remote_address");
         assert_eq!(
-            (values.as_slice(), unknown),
-            (&["1.2.3.4".to_owned()][..], false)
+            read(br#"{"remote_address":"1.2.3.4"}"#),
+            (vec!["1.2.3.4".to_owned()], false)
         );
-        assert_eq!(
-            string_values_of_key(br#"{"a":"b"}"#, "remote_address"),
-            (vec![], false)
-        );
+        assert_eq!(read(br#"{"a":"b"}"#), (vec![], false));
         // Cut at the end of the line: not readable, so parse.
-        assert!(string_values_of_key(br#"{"remote_address":"1.2"#, "remote_address").1);
+        assert!(read(br#"{"remote_address":"1.2"#).1);
     }
 
     use super::*;

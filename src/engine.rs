@@ -285,7 +285,8 @@ impl Judge {
         // response's own hits come before its note (they may merge with a
         // held request).
         let mut hits = result.hits.into_iter().peekable();
-        let mut gated = result.gated.into_iter().peekable();
+        let gated_arena = result.gated;
+        let mut gated = gated_arena.lines.iter().peekable();
         let mut notes = result.responses.into_iter().peekable();
         loop {
             let h = hits.peek().map(|x| x.line_idx);
@@ -299,7 +300,7 @@ impl Judge {
                 self.judge_hit(pos, offset, hit, emit);
             } else if g == Some(first) {
                 let line = gated.next().expect("peeked");
-                for hit in self.resolve_gated(line) {
+                for hit in self.resolve_gated(&gated_arena, line) {
                     self.judge_hit(pos, offset, hit, emit);
                 }
             } else {
@@ -314,37 +315,45 @@ impl Judge {
     /// A line left unparsed for lazy triggers: parsed only when one of its
     /// possible group keys holds a full window already (else no trigger can
     /// fire: a window only loses events as time goes on).
-    fn resolve_gated(&mut self, line: crate::analyze::GatedLine) -> Vec<crate::analyze::Hit> {
+    fn resolve_gated(
+        &mut self,
+        arena: &crate::analyze::Gated,
+        line: &crate::analyze::GatedLine,
+    ) -> Vec<crate::analyze::Hit> {
         self.stats.lazy_trigger_lines += 1;
-        let rules = self.rules.clone();
-        let wanted: Vec<usize> = line
-            .keys
-            .iter()
-            .filter(|(rule, keys, unknown)| {
-                let Some(w) = rules.get(*rule).window.as_ref() else {
-                    return false;
+        let mut wanted: Vec<usize> = Vec::new();
+        for k in arena.keys(line) {
+            if wanted.contains(&k.rule) {
+                continue;
+            }
+            let full = k.unknown
+                || match (
+                    self.rules.get(k.rule).window.as_ref(),
+                    self.windows.get(&k.rule),
+                ) {
+                    (Some(w), Some(m)) => m
+                        .get(arena.key_text(k))
+                        .is_some_and(|st| st.measure(w) >= w.count),
+                    _ => false,
                 };
-                *unknown
-                    || self.windows.get(rule).is_some_and(|m| {
-                        keys.iter()
-                            .any(|k| m.get(k).is_some_and(|st| st.measure(w) >= w.count))
-                    })
-            })
-            .map(|(rule, _, _)| *rule)
-            .collect();
+            if full {
+                wanted.push(k.rule);
+            }
+        }
         if wanted.is_empty() {
             return Vec::new();
         }
         self.stats.lazy_trigger_parsed += 1;
+        let raw = arena.raw(line);
         // Not valid JSON: counted by the analysis already (as a non-candidate).
-        let Ok(entry) = crate::parse::parse_line(&line.raw) else {
+        let Ok(entry) = crate::parse::parse_line(raw) else {
             return Vec::new();
         };
         crate::analyze::lazy_trigger_hits(
             &self.rules,
             &wanted,
             &entry,
-            &line.raw,
+            raw,
             line.line_idx,
             line.offset,
         )

@@ -216,7 +216,7 @@ fn plain_file_size(p: &Path) -> Option<u64> {
 enum Msg {
     Analysed {
         offset: u64,
-        result: BlockResult,
+        result: Box<BlockResult>,
         tail: bool,
     },
     Oversize {
@@ -395,7 +395,7 @@ fn scan_mapped(
         if !whole.is_empty() {
             let msg = Msg::Analysed {
                 offset: pos as u64,
-                result: analyzer.scan_block(whole),
+                result: Box::new(analyzer.scan_block(whole)),
                 tail: false,
             };
             if !send(seq, msg) {
@@ -407,7 +407,7 @@ fn scan_mapped(
             if unit.last {
                 let msg = Msg::Analysed {
                     offset: at as u64,
-                    result: analyzer.scan_block(rest),
+                    result: Box::new(analyzer.scan_block(rest)),
                     tail: true,
                 };
                 if !send(seq, msg) {
@@ -569,7 +569,7 @@ fn read_unit(
         while let Some(frame) = framer.next_frame() {
             let msg = match frame.kind {
                 FrameKind::Lines => {
-                    let result = analyzer.scan_block(&frame.data);
+                    let result = Box::new(analyzer.scan_block(&frame.data));
                     Msg::Analysed {
                         offset: frame.offset,
                         result,
@@ -600,7 +600,7 @@ fn read_unit(
     if unit.last {
         match framer.finish() {
             Some(Tail::Fragment { offset, data }) => {
-                let result = analyzer.scan_block(&data);
+                let result = Box::new(analyzer.scan_block(&data));
                 put(
                     &mut seq,
                     Msg::Analysed {
@@ -655,7 +655,7 @@ fn collect(
                     result,
                     tail,
                 } => {
-                    judge.block(p, offset, result, tail, &mut |f| {
+                    judge.block(p, offset, *result, tail, &mut |f| {
                         if write_err.is_none() {
                             if let Err(e) = emit(&f) {
                                 write_err = Some(e);

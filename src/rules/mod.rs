@@ -240,8 +240,9 @@ pub struct RuleSet {
     literal_count: usize,
     /// Literals of the lazy triggers (see [`Window::lazy_trigger_key`]).
     gate: Option<Prefilter>,
-    /// Rules whose trigger is lazy.
-    lazy_triggers: Vec<usize>,
+    /// Rules whose trigger is lazy, with a finder of their group field's
+    /// quoted JSON key.
+    lazy_triggers: Vec<(usize, memchr::memmem::Finder<'static>)>,
 }
 
 impl std::fmt::Debug for Prefilter {
@@ -391,10 +392,20 @@ impl RuleSet {
         };
         Ok(RuleSet {
             literal_count: literals.len(),
-            rules,
             prefilter,
             gate,
-            lazy_triggers: lazy,
+            lazy_triggers: lazy
+                .iter()
+                .filter_map(|&i| {
+                    let key = rules[i].window.as_ref()?.lazy_trigger_key.as_ref()?;
+                    let needle = format!("\"{key}\"");
+                    Some((
+                        i,
+                        memchr::memmem::Finder::new(needle.as_bytes()).into_owned(),
+                    ))
+                })
+                .collect(),
+            rules,
         })
     }
 
@@ -495,8 +506,16 @@ impl RuleSet {
     }
 
     /// Rules whose trigger is lazy.
-    pub fn lazy_triggers(&self) -> &[usize] {
-        &self.lazy_triggers
+    pub fn lazy_triggers(&self) -> impl Iterator<Item = usize> + '_ {
+        self.lazy_triggers.iter().map(|(i, _)| *i)
+    }
+
+    /// Rules whose trigger is lazy, with a finder of their group field's
+    /// quoted JSON key (`"remote_address"`).
+    pub fn lazy_trigger_finders(
+        &self,
+    ) -> impl Iterator<Item = (usize, &memchr::memmem::Finder<'static>)> + '_ {
+        self.lazy_triggers.iter().map(|(i, f)| (*i, f))
     }
 
     /// The rules an entry concerns (stateless part only): `(rule, Role)`.
@@ -1069,7 +1088,7 @@ when = { field = "path", glob = ["sys/raw", "sys/raw/**"] }
             .iter()
             .position(|r| r.id == "brute_force.success_after_failures")
             .unwrap();
-        assert!(set.lazy_triggers().contains(&i));
+        assert!(set.lazy_triggers().any(|r| r == i));
         let w = set.get(i).window.as_ref().unwrap();
         assert_eq!(w.lazy_trigger_key.as_deref(), Some("remote_address"));
         // A real successful login (scenarios.log line 19) is the trigger.
@@ -1107,7 +1126,7 @@ all = [{ field = "path", prefix = "sys/raw" }]
 "#,
         )
         .unwrap();
-        assert!(two.lazy_triggers().is_empty());
+        assert_eq!(two.lazy_triggers().count(), 0);
         assert!(two.is_candidate(br#"{"request":{"path":"auth/x/login"}}"#));
     }
 

@@ -2,7 +2,8 @@
 # Capture real OpenBao audit logs for auditwatch's "signals" rules
 # (patterns/signals.toml, from scripts/fixtures/signals.toml.in).
 #
-# Adapted from scripts/capture-openbao.sh. Starts `bao server -dev` on a free
+# Adapted from scripts/capture-openbao.sh (their set-up is shared in
+# scripts/lib/openbao.sh). Starts `bao server -dev` on a free
 # 127.0.0.1 port with two file audit devices declared in an HCL config file:
 #
 #   file-audit   a normal device (HMACs on)                 -> signals.log
@@ -40,96 +41,27 @@
 set -euo pipefail
 
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib/openbao.sh
+. "$ROOT_DIR/scripts/lib/openbao.sh"
 OUT_DIR="$ROOT_DIR/tests/data/openbao"
 NAME=signals
 DEVICE=file-audit
 RAW_DEVICE=raw-audit
 ACC_DEVICE=accessor-audit
 
-command -v bao >/dev/null 2>&1 || bash "$ROOT_DIR/scripts/install-openbao.sh" >&2
-command -v bao >/dev/null 2>&1 || { echo "capture: bao not on PATH" >&2; exit 1; }
-for tool in jq curl python3; do
-    command -v "$tool" >/dev/null 2>&1 || { echo "capture: $tool is required" >&2; exit 1; }
-done
+require_tools jq curl python3
 
 START_SECONDS=$SECONDS
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/auditwatch-capture-signals.XXXXXX")"
+make_work auditwatch-capture-signals
 AUDIT="$WORK/$NAME.log"
 RAW_AUDIT="$WORK/$NAME-raw.log"
 ACC_AUDIT="$WORK/$NAME-accessor.log"
 SCEN_TSV="$WORK/$NAME.scenarios.tsv"
 HASHES_TSV="$WORK/hashes.tsv"   # input as JSON string <TAB> hash
 TRANSCRIPT="$WORK/transcript.txt"
-SERVER_OUT="$WORK/server.out"
-SERVER_PID=""
 # The logs whose line ranges are recorded per step: name and file.
 LOG_NAMES=("$NAME" "$NAME-raw" "$NAME-accessor")
 LOG_FILES=("$AUDIT" "$RAW_AUDIT" "$ACC_AUDIT")
-
-stop_server() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -INT "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "capture: server did not stop on SIGINT, sending SIGKILL" >&2
-            kill -KILL "$SERVER_PID" 2>/dev/null || true
-        fi
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    SERVER_PID=""
-}
-
-cleanup() {
-    local rc=$?
-    stop_server
-    if [ "${KEEP_WORK:-0}" = 1 ] || [ "$rc" != 0 ]; then
-        echo "capture: work directory kept: $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-say() { echo "capture: $*" >&2; }
-
-# ---------------------------------------------------------------- environment
-# A clean CLI environment: no inherited token/address/namespace, an empty HOME
-# (so no ~/.vault-token or CLI config is read).
-for v in $(env | sed -n 's/^\(\(BAO\|VAULT\)_[A-Z_]*\)=.*/\1/p'); do unset "$v"; done
-export HOME="$WORK/home"
-mkdir -p "$HOME"
-export NO_COLOR=1
-
-free_port() {
-    # A port p such that p and p+1 (the dev cluster listener) are both free on 127.0.0.1.
-    python3 - <<'EOF'
-import random, socket
-for _ in range(200):
-    p = random.randint(20000, 60000)
-    ok = True
-    for q in (p, p + 1):
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", q))
-        except OSError:
-            ok = False
-        finally:
-            s.close()
-    if ok:
-        print(p)
-        break
-else:
-    raise SystemExit("no free port pair found")
-EOF
-}
-
-PORT="$(free_port)"
-export BAO_ADDR="http://127.0.0.1:$PORT"
 
 cat > "$WORK/server.hcl" <<EOF
 # sys/raw is used by scenario 13 to read file-audit's salt.
@@ -158,25 +90,8 @@ EOF
 # which is what signals-raw.log should show. The server runs in $WORK and the
 # devices' file paths are relative: the raw log shows them (device options,
 # sys/audit listings) and must not name the temporary directory.
-say "starting bao server -dev on 127.0.0.1:$PORT ($(bao version))"
-(cd "$WORK" && exec bao server -dev -dev-no-store-token \
-    -dev-listen-address="127.0.0.1:$PORT" -config="$WORK/server.hcl") \
-    >"$SERVER_OUT" 2>&1 </dev/null &
-SERVER_PID=$!
-
-for i in $(seq 1 300); do
-    if grep -q 'OpenBao server started' "$SERVER_OUT" 2>/dev/null && bao status >/dev/null 2>&1; then
-        break
-    fi
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-        cat "$SERVER_OUT" >&2
-        echo "capture: server exited during startup" >&2
-        exit 1
-    fi
-    [ "$i" = 300 ] && { cat "$SERVER_OUT" >&2; echo "capture: server did not start" >&2; exit 1; }
-    sleep 0.1
-done
-ROOT_TOKEN="$(sed -n 's/^Root Token: *//p' "$SERVER_OUT" | head -n1)"
+start_server "$WORK"
+ROOT_TOKEN="$(server_says 'Root Token')"
 [ -n "$ROOT_TOKEN" ] || { echo "capture: no root token in server output" >&2; exit 1; }
 export BAO_TOKEN="$ROOT_TOKEN"
 
@@ -189,13 +104,6 @@ for n in "${LOG_NAMES[@]}"; do
     printf 'scenario\tstep\tfirst_line\tlast_line\tdescription\n' > "$WORK/$n.steps.tsv"
 done
 
-lines_of() {
-    if [ -f "$1" ]; then wc -l < "$1" | tr -d ' '; else echo 0; fi
-}
-log_lines() { lines_of "$AUDIT"; }
-
-CUR_SCEN=""; SCEN_FIRST=0
-CUR_STEP=""; STEP_DESC=""
 STEP_FIRST=()   # per log
 close_step() {
     [ -n "$CUR_STEP" ] || return 0
@@ -205,19 +113,6 @@ close_step() {
             "$(lines_of "${LOG_FILES[$i]}")" "$STEP_DESC" >> "$WORK/${LOG_NAMES[$i]}.steps.tsv"
     done
     CUR_STEP=""
-}
-close_scenario() {
-    close_step
-    [ -n "$CUR_SCEN" ] || return 0
-    printf '%s\t%s\t%s\n' "$CUR_SCEN" "$SCEN_FIRST" "$(log_lines)" >> "$SCEN_TSV"
-    CUR_SCEN=""
-}
-scenario() {
-    close_scenario
-    CUR_SCEN="$1"
-    SCEN_FIRST=$(( $(log_lines) + 1 ))
-    say "scenario $1"
-    echo "######## scenario $1" >> "$TRANSCRIPT"
 }
 step() {
     close_step
@@ -229,36 +124,6 @@ step() {
     echo "#### step $CUR_SCEN/$1: $2" >> "$TRANSCRIPT"
 }
 
-# run CMD...: must succeed. fails CMD...: must fail (warns if it does not).
-# try CMD...: either. All record the command and its output in the transcript.
-run() {
-    echo "+ $*" >> "$TRANSCRIPT"
-    "$@" >> "$TRANSCRIPT" 2>&1
-}
-fails() {
-    echo "+ (expected to fail) $*" >> "$TRANSCRIPT"
-    if "$@" >> "$TRANSCRIPT" 2>&1; then
-        say "WARNING: expected failure succeeded in $CUR_SCEN/$CUR_STEP: $*"
-        echo "!! unexpectedly succeeded" >> "$TRANSCRIPT"
-    else
-        echo "-> exit $?" >> "$TRANSCRIPT"
-    fi
-    return 0
-}
-try() {
-    echo "+ (may fail) $*" >> "$TRANSCRIPT"
-    "$@" >> "$TRANSCRIPT" 2>&1 || echo "-> exit $?" >> "$TRANSCRIPT"
-    return 0
-}
-# value CMD...: run CMD, print its stdout (for $(...)), keep a copy in the transcript.
-value() {
-    local out
-    echo "+ (captured) $*" >> "$TRANSCRIPT"
-    out="$("$@" 2>> "$TRANSCRIPT")"
-    echo "$out" >> "$TRANSCRIPT"
-    printf '%s' "$out"
-}
-as() { local tok="$1"; shift; BAO_TOKEN="$tok" "$@"; }
 # GET /v1/<path> with the root token, as a plain HTTP client would (sys/pprof
 # answers with non-JSON bodies the CLI cannot print).
 http_get() {
@@ -473,15 +338,6 @@ run bao kv put -policy-override secret/app/cfg x=1
 
 # ================================================================ 13 hashes
 scenario 13-hashes
-audit_hash() {
-    # audit_hash STRING: POST sys/audit-hash/<device> {"input": STRING} (JSON body)
-    # and record the hash.
-    local input="$1" h
-    echo "+ audit-hash $(jq -cn --arg i "$input" '$i')" >> "$TRANSCRIPT"
-    h="$(jq -cn --arg i "$input" '{input:$i}' | bao write -format=json "sys/audit-hash/$DEVICE" - | jq -r .data.hash)"
-    echo "$h" >> "$TRANSCRIPT"
-    printf '%s\t%s\n' "$(jq -cn --arg i "$input" '$i')" "$h" >> "$HASHES_TSV"
-}
 step hash_watch_list "sys/audit-hash/$DEVICE of strings seen HMACed in this capture (JSON body via stdin)"
 for s in \
     'root' 'default' 'ops-admin' 'true' '0s' '1h0m0s' '2000h0m0s' \
@@ -506,16 +362,7 @@ stop_server
 TOTAL="$(log_lines)"
 say "captured $TOTAL audit entries ($(lines_of "$RAW_AUDIT") raw, $(lines_of "$ACC_AUDIT") accessor)"
 for f in "${LOG_FILES[@]}"; do
-    if ! jq -c . "$f" > /dev/null; then
-        echo "capture: $f is not valid JSON lines" >&2
-        exit 1
-    fi
-    BAD_LINES="$(jq -c 'select(type != "object")' "$f" | wc -l)"
-    [ "$BAD_LINES" = 0 ] || { echo "capture: $BAD_LINES lines of $f are not JSON objects" >&2; exit 1; }
-    if grep -q "$WORK" "$f"; then
-        echo "capture: $f mentions the work directory" >&2
-        exit 1
-    fi
+    check_log "$f"
 done
 for i in "${!LOG_NAMES[@]}"; do
     last="$(tail -n1 "$WORK/${LOG_NAMES[$i]}.steps.tsv" | cut -f4)"

@@ -16,96 +16,31 @@
 # (each entry is written before the HTTP reply goes out), so counting its lines
 # right after each CLI command returns is exact.
 #
+# The set-up (work directory, clean CLI environment, dev server, bookkeeping
+# and command wrappers) is shared with capture-openbao-signals.sh in
+# scripts/lib/openbao.sh.
+#
 # Only 127.0.0.1 is used. Needs: bao (scripts/install-openbao.sh), jq, python3.
 # Set KEEP_WORK=1 to keep the temporary directory (server output, CLI
 # transcript with the ephemeral tokens) for debugging.
 set -euo pipefail
 
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib/openbao.sh
+. "$ROOT_DIR/scripts/lib/openbao.sh"
 OUT_DIR="$ROOT_DIR/tests/data/openbao"
 NAME=scenarios
 DEVICE=file-audit
 
-command -v bao >/dev/null 2>&1 || bash "$ROOT_DIR/scripts/install-openbao.sh" >&2
-command -v bao >/dev/null 2>&1 || { echo "capture: bao not on PATH" >&2; exit 1; }
-for tool in jq python3; do
-    command -v "$tool" >/dev/null 2>&1 || { echo "capture: $tool is required" >&2; exit 1; }
-done
+require_tools jq python3
 
 START_SECONDS=$SECONDS
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/auditwatch-capture.XXXXXX")"
+make_work auditwatch-capture
 AUDIT="$WORK/$NAME.log"
 SCEN_TSV="$WORK/$NAME.scenarios.tsv"
 STEPS_TSV="$WORK/$NAME.steps.tsv"
 HASHES_TSV="$WORK/hashes.tsv"   # input as JSON string <TAB> hash
 TRANSCRIPT="$WORK/transcript.txt"
-SERVER_OUT="$WORK/server.out"
-SERVER_PID=""
-
-stop_server() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -INT "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "capture: server did not stop on SIGINT, sending SIGKILL" >&2
-            kill -KILL "$SERVER_PID" 2>/dev/null || true
-        fi
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    SERVER_PID=""
-}
-
-cleanup() {
-    local rc=$?
-    stop_server
-    if [ "${KEEP_WORK:-0}" = 1 ] || [ "$rc" != 0 ]; then
-        echo "capture: work directory kept: $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-say() { echo "capture: $*" >&2; }
-
-# ---------------------------------------------------------------- environment
-# A clean CLI environment: no inherited token/address/namespace, an empty HOME
-# (so no ~/.vault-token or CLI config is read).
-for v in $(env | sed -n 's/^\(\(BAO\|VAULT\)_[A-Z_]*\)=.*/\1/p'); do unset "$v"; done
-export HOME="$WORK/home"
-mkdir -p "$HOME"
-export NO_COLOR=1
-
-free_port() {
-    # A port p such that p and p+1 (the dev cluster listener) are both free on 127.0.0.1.
-    python3 - <<'EOF'
-import random, socket
-for _ in range(200):
-    p = random.randint(20000, 60000)
-    ok = True
-    for q in (p, p + 1):
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", q))
-        except OSError:
-            ok = False
-        finally:
-            s.close()
-    if ok:
-        print(p)
-        break
-else:
-    raise SystemExit("no free port pair found")
-EOF
-}
-
-PORT="$(free_port)"
-export BAO_ADDR="http://127.0.0.1:$PORT"
 
 cat > "$WORK/server.hcl" <<EOF
 # sys/raw is used by scenario 13 to read the audit device's salt.
@@ -120,26 +55,9 @@ audit "file" "$DEVICE" {
 }
 EOF
 
-say "starting bao server -dev on 127.0.0.1:$PORT ($(bao version))"
-bao server -dev -dev-root-token-id=root -dev-no-store-token \
-    -dev-listen-address="127.0.0.1:$PORT" -config="$WORK/server.hcl" \
-    >"$SERVER_OUT" 2>&1 </dev/null &
-SERVER_PID=$!
-
-for i in $(seq 1 300); do
-    if grep -q 'OpenBao server started' "$SERVER_OUT" 2>/dev/null && bao status >/dev/null 2>&1; then
-        break
-    fi
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-        cat "$SERVER_OUT" >&2
-        echo "capture: server exited during startup" >&2
-        exit 1
-    fi
-    [ "$i" = 300 ] && { cat "$SERVER_OUT" >&2; echo "capture: server did not start" >&2; exit 1; }
-    sleep 0.1
-done
+start_server . -dev-root-token-id=root
 # The dev server prints its single unseal key (shares=1, threshold=1) on stdout.
-UNSEAL_KEY="$(sed -n 's/^Unseal Key: *//p' "$SERVER_OUT" | head -n1)"
+UNSEAL_KEY="$(server_says 'Unseal Key')"
 [ -n "$UNSEAL_KEY" ] || { echo "capture: no unseal key in server output" >&2; exit 1; }
 export BAO_TOKEN=root
 
@@ -151,29 +69,11 @@ export BAO_TOKEN=root
 printf 'scenario\tfirst_line\tlast_line\n' >> "$SCEN_TSV"
 printf 'scenario\tstep\tfirst_line\tlast_line\tdescription\n' >> "$STEPS_TSV"
 
-log_lines() {
-    if [ -f "$AUDIT" ]; then wc -l < "$AUDIT" | tr -d ' '; else echo 0; fi
-}
-
-CUR_SCEN=""; SCEN_FIRST=0
-CUR_STEP=""; STEP_FIRST=0; STEP_DESC=""
+STEP_FIRST=0
 close_step() {
     [ -n "$CUR_STEP" ] || return 0
     printf '%s\t%s\t%s\t%s\t%s\n' "$CUR_SCEN" "$CUR_STEP" "$STEP_FIRST" "$(log_lines)" "$STEP_DESC" >> "$STEPS_TSV"
     CUR_STEP=""
-}
-close_scenario() {
-    close_step
-    [ -n "$CUR_SCEN" ] || return 0
-    printf '%s\t%s\t%s\n' "$CUR_SCEN" "$SCEN_FIRST" "$(log_lines)" >> "$SCEN_TSV"
-    CUR_SCEN=""
-}
-scenario() {
-    close_scenario
-    CUR_SCEN="$1"
-    SCEN_FIRST=$(( $(log_lines) + 1 ))
-    say "scenario $1"
-    echo "######## scenario $1" >> "$TRANSCRIPT"
 }
 step() {
     close_step
@@ -181,38 +81,6 @@ step() {
     STEP_FIRST=$(( $(log_lines) + 1 ))
     echo "#### step $CUR_SCEN/$1: $2" >> "$TRANSCRIPT"
 }
-
-# run CMD...: must succeed. fails CMD...: must fail (warns if it does not).
-# try CMD...: either. All record the command and its output in the transcript.
-run() {
-    echo "+ $*" >> "$TRANSCRIPT"
-    "$@" >> "$TRANSCRIPT" 2>&1
-}
-fails() {
-    echo "+ (expected to fail) $*" >> "$TRANSCRIPT"
-    if "$@" >> "$TRANSCRIPT" 2>&1; then
-        say "WARNING: expected failure succeeded in $CUR_SCEN/$CUR_STEP: $*"
-        echo "!! unexpectedly succeeded" >> "$TRANSCRIPT"
-    else
-        echo "-> exit $?" >> "$TRANSCRIPT"
-    fi
-    return 0
-}
-try() {
-    echo "+ (may fail) $*" >> "$TRANSCRIPT"
-    "$@" >> "$TRANSCRIPT" 2>&1 || echo "-> exit $?" >> "$TRANSCRIPT"
-    return 0
-}
-# value CMD...: run CMD, print its stdout (for $(...)), keep a copy in the transcript.
-value() {
-    local out
-    echo "+ (captured) $*" >> "$TRANSCRIPT"
-    out="$("$@" 2>> "$TRANSCRIPT")"
-    echo "$out" >> "$TRANSCRIPT"
-    printf '%s' "$out"
-}
-as() { local tok="$1"; shift; BAO_TOKEN="$tok" "$@"; }
-notoken() { env -u BAO_TOKEN "$@"; }
 
 cat > "$WORK/app-read.hcl" <<'EOF'
 path "secret/data/app/*" { capabilities = ["read", "list"] }
@@ -443,15 +311,6 @@ run bao auth disable up2
 
 # ================================================================ 10 audit-hash
 scenario 10-audit-hash
-audit_hash() {
-    # audit_hash STRING: POST sys/audit-hash/<device> {"input": STRING} (JSON body, so
-    # newlines and tabs survive) and record the hash.
-    local input="$1" h
-    echo "+ audit-hash $(jq -cn --arg i "$input" '$i')" >> "$TRANSCRIPT"
-    h="$(jq -cn --arg i "$input" '{input:$i}' | bao write -format=json "sys/audit-hash/$DEVICE" - | jq -r .data.hash)"
-    echo "$h" >> "$TRANSCRIPT"
-    printf '%s\t%s\n' "$(jq -cn --arg i "$input" '$i')" "$h" >> "$HASHES_TSV"
-}
 step hash_root "bao write sys/audit-hash/$DEVICE input=root"
 run bao write "sys/audit-hash/$DEVICE" input=root
 audit_hash root
@@ -613,18 +472,9 @@ stop_server
 
 TOTAL="$(log_lines)"
 say "captured $TOTAL audit entries"
-if ! jq -c . "$AUDIT" > /dev/null; then
-    echo "capture: the audit log is not valid JSON lines" >&2
-    exit 1
-fi
-BAD_LINES="$(jq -c 'select(type != "object")' "$AUDIT" | wc -l)"
-[ "$BAD_LINES" = 0 ] || { echo "capture: $BAD_LINES lines are not JSON objects" >&2; exit 1; }
+check_log "$AUDIT"
 LAST_SCEN_LINE="$(tail -n1 "$SCEN_TSV" | cut -f3)"
 [ "$LAST_SCEN_LINE" = "$TOTAL" ] || { echo "capture: entries after the last scenario ($LAST_SCEN_LINE != $TOTAL)" >&2; exit 1; }
-if grep -q "$WORK" "$AUDIT"; then
-    echo "capture: the audit log mentions the work directory" >&2
-    exit 1
-fi
 
 # Recompute every sys/audit-hash output offline from the salt: HMAC-SHA256(key = salt
 # string, msg = input), hex, prefixed "hmac-sha256:". Also add hashes the endpoint

@@ -10,6 +10,8 @@
 
 use std::sync::Arc;
 
+use crate::correlate::ResponseNote;
+
 use crate::finding::{finding_id, Actor, Finding, SourceKind, SourceRef};
 use crate::framing::{lines, trim_line};
 use crate::parse::{self, array_strings, object_keys, AuditEntry, ParseErrorKind};
@@ -44,6 +46,51 @@ pub struct Hit {
     pub role: Role,
     pub group: Option<String>,
     pub distinct: Option<String>,
+}
+
+/// A line left unparsed for lazy window triggers: the judge parses it only
+/// if one of its group keys holds a full window. Its bytes and keys live in
+/// the block's [`Gated`] arena (one allocation per block, not per line).
+#[derive(Debug, Clone)]
+pub struct GatedLine {
+    pub line_idx: u64,
+    pub offset: u64,
+    raw: std::ops::Range<usize>,
+    keys: std::ops::Range<usize>,
+}
+
+/// One possible window key of a [`GatedLine`] for one lazy rule: a string
+/// value of the group field's JSON key, as the analysis would build the key,
+/// or `unknown` when a value could not be read exactly (escapes): then the
+/// line is always parsed.
+#[derive(Debug, Clone)]
+pub struct GatedKey {
+    pub rule: usize,
+    text: std::ops::Range<usize>,
+    pub unknown: bool,
+}
+
+/// The lines of a block left for lazy triggers, in line order.
+#[derive(Debug, Default)]
+pub struct Gated {
+    pub lines: Vec<GatedLine>,
+    bytes: Vec<u8>,
+    keys: Vec<GatedKey>,
+    text: String,
+}
+
+impl Gated {
+    pub fn raw(&self, l: &GatedLine) -> &[u8] {
+        &self.bytes[l.raw.clone()]
+    }
+
+    pub fn keys(&self, l: &GatedLine) -> &[GatedKey] {
+        &self.keys[l.keys.clone()]
+    }
+
+    pub fn key_text(&self, k: &GatedKey) -> &str {
+        &self.text[k.text.clone()]
+    }
 }
 
 /// A line that is not a usable entry.
@@ -109,6 +156,12 @@ pub struct BlockResult {
     #[doc(hidden)]
     pub throttled: std::collections::HashSet<(usize, String, i64)>,
     pub hits: Vec<Hit>,
+    /// Parsed response entries with a request id, in line order (the judge
+    /// joins them to the request findings it holds).
+    pub responses: Vec<crate::correlate::ResponseNote>,
+    /// Lines only a lazy trigger's literals selected, left unparsed for the
+    /// judge (see [`crate::rules::Window::lazy_trigger_key`]), in line order.
+    pub gated: Gated,
     /// The first [`ERRORS_KEPT_PER_BLOCK`] errors, located.
     pub errors: Vec<LineError>,
 }
@@ -139,6 +192,8 @@ pub struct Analyzer {
     max_line: usize,
     /// Vault's optional device `prefix`, stripped before parsing.
     prefix: Option<Arc<[u8]>>,
+    /// Note parsed responses for the judge's request/response correlation.
+    correlate: bool,
 }
 
 impl Analyzer {
@@ -148,7 +203,15 @@ impl Analyzer {
             strict,
             max_line,
             prefix: None,
+            correlate: true,
         }
+    }
+
+    /// Whether to note parsed responses for correlation (off when the judge
+    /// does not correlate: `--correlate-wait 0`).
+    pub fn with_correlation(mut self, on: bool) -> Self {
+        self.correlate = on;
+        self
     }
 
     /// Strips `prefix` from the start of lines that carry it. A `str`, so a
@@ -184,6 +247,12 @@ impl Analyzer {
         } else {
             scanner.next(0)
         };
+        let mut gate = if self.strict {
+            None
+        } else {
+            self.rules.gate_scanner(block)
+        };
+        let mut gate_next = gate.as_mut().and_then(|g| g.next(0));
         for (idx, (start, line)) in lines(block).enumerate() {
             let idx = idx as u64;
             out.lines += 1;
@@ -213,6 +282,13 @@ impl Analyzer {
                 continue;
             }
             let candidate = self.strict || next.is_some_and(|p| p < end);
+            let gated = gate_next.is_some_and(|p| p < end);
+            if gated {
+                gate_next = gate.as_mut().and_then(|g| g.next(end));
+            }
+            if gated && !candidate {
+                self.gate_line(content, idx, start as u64, &mut out);
+            }
             if candidate {
                 out.candidates += 1;
                 let text = if block_is_utf8 {
@@ -231,7 +307,14 @@ impl Analyzer {
                     None => parse::parse_line(content),
                 };
                 match parsed {
-                    Ok(entry) => self.judge_line(&entry, content, idx, start as u64, &mut out),
+                    Ok(entry) => {
+                        self.judge_line(&entry, content, idx, start as u64, &mut out);
+                        if self.correlate {
+                            if let Some(note) = response_note(&entry, idx, start as u64) {
+                                out.responses.push(note);
+                            }
+                        }
+                    }
                     Err(e) => out.error(idx, start as u64, e.kind.into(), e.to_string()),
                 }
                 next = if self.strict {
@@ -262,6 +345,42 @@ impl Analyzer {
         out
     }
 
+    /// Keeps a line for the judge's lazy triggers with the keys it may have.
+    fn gate_line(&self, content: &[u8], idx: u64, offset: u64, out: &mut BlockResult) {
+        let g = &mut out.gated;
+        let keys_start = g.keys.len();
+        for (rule, finder) in self.rules.lazy_trigger_finders() {
+            let mut unknown = false;
+            for value in string_values_of_key(content, finder, &mut unknown) {
+                let start = g.text.len();
+                g.text.push_str(value);
+                g.text.push('\u{1f}');
+                g.keys.push(GatedKey {
+                    rule,
+                    text: start..g.text.len(),
+                    unknown: false,
+                });
+            }
+            if unknown {
+                g.keys.push(GatedKey {
+                    rule,
+                    text: 0..0,
+                    unknown: true,
+                });
+            }
+        }
+        if g.keys.len() > keys_start {
+            let raw_start = g.bytes.len();
+            g.bytes.extend_from_slice(content);
+            g.lines.push(GatedLine {
+                line_idx: idx,
+                offset,
+                raw: raw_start..g.bytes.len(),
+                keys: keys_start..g.keys.len(),
+            });
+        }
+    }
+
     fn judge_line(
         &self,
         entry: &AuditEntry<'_>,
@@ -270,65 +389,186 @@ impl Analyzer {
         offset: u64,
         out: &mut BlockResult,
     ) {
-        // One copy of the line for all its deferred hits, one parse of its time.
-        let mut shared: Option<std::sync::Arc<[u8]>> = None;
+        // One parse of the line's time, one copy of the line for all its deferred hits.
         let mut time: Option<Option<i64>> = None;
+        let mut shared: Option<std::sync::Arc<[u8]>> = None;
         for (rule_idx, role) in self.rules.matches(entry) {
             let rule = self.rules.get(rule_idx);
-            let throttle_key = rule.throttle.as_ref().map(|t| {
-                let mut key = String::new();
-                for f in &t.key {
-                    if let Some(v) = value_string(&f.get(entry)) {
-                        key.push_str(&v);
-                    }
-                    key.push('\u{1f}');
-                }
-                key
-            });
-            let (group, distinct) = match &rule.window {
-                None => (None, None),
-                Some(w) => {
-                    let mut key = String::new();
-                    let mut complete = true;
-                    for f in &w.group_by {
-                        match value_string(&f.get(entry)) {
-                            Some(v) => key.push_str(&v),
-                            None => complete = false,
-                        }
-                        key.push('\u{1f}');
-                    }
-                    let distinct = w
-                        .distinct
-                        .as_ref()
-                        .and_then(|(_, f)| value_string(&f.get(entry)));
-                    (complete.then_some(key), distinct)
-                }
-            };
             let time_ns = *time
                 .get_or_insert_with(|| entry.time.as_deref().and_then(parse::parse_time_nanos));
-            if let (Some(t), Some(key), Some(now)) = (&rule.throttle, &throttle_key, time_ns) {
-                let bucket = now.div_euclid(t.window.as_nanos().max(1) as i64);
-                if !out.throttled.insert((rule_idx, key.clone(), bucket)) {
-                    out.suppressed += 1;
-                    continue;
+            if let Some(t) = &rule.throttle {
+                // Repeats within the block go no further (the judge would
+                // hold them back whatever it decides for the first).
+                if let Some(now) = time_ns {
+                    let bucket = now.div_euclid(t.window.as_nanos().max(1) as i64);
+                    let key = throttle_key(t, entry);
+                    if !out.throttled.insert((rule_idx, key, bucket)) {
+                        out.suppressed += 1;
+                        continue;
+                    }
                 }
             }
-            // Throttled rules report few of their hits, and window rules only the entry that
-            // fills a window: their findings are built by the judge when reported.
-            let deferred = rule.throttle.is_some() || rule.window.is_some();
-            out.hits.push(Hit {
-                rule: rule_idx,
-                line_idx: idx,
-                offset,
-                finding: (!deferred).then(|| Box::new(build_finding(rule, entry, raw))),
-                raw: deferred.then(|| shared.get_or_insert_with(|| raw.into()).clone()),
-                throttle_key,
-                time_ns,
+            out.hits.push(hit_for(
+                rule_idx,
+                rule,
                 role,
-                group,
-                distinct,
-            });
+                entry,
+                raw,
+                idx,
+                offset,
+                time_ns,
+                &mut shared,
+            ));
         }
+    }
+}
+
+fn throttle_key(t: &crate::rules::Throttle, entry: &AuditEntry<'_>) -> String {
+    let mut key = String::new();
+    for f in &t.key {
+        if let Some(v) = value_string(&f.get(entry)) {
+            key.push_str(&v);
+        }
+        key.push('\u{1f}');
+    }
+    key
+}
+
+/// Every string value of a JSON key anywhere in `line`, without parsing:
+/// `finder` looks for `"key"`, then blanks, `:`, blanks and a string must
+/// follow. Values holding an escape (or not valid UTF-8) are not returned
+/// but set `unknown`: the caller must then parse the line. Never misses a
+/// value the parser would give for that key, except a key spelled with
+/// escapes, and lines with `\u` escapes are prefilter candidates anyway.
+pub fn string_values_of_key<'l>(
+    line: &'l [u8],
+    finder: &'l memchr::memmem::Finder<'static>,
+    unknown: &'l mut bool,
+) -> impl Iterator<Item = &'l str> + 'l {
+    let blanks = |line: &[u8], mut i: usize| {
+        while line
+            .get(i)
+            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        {
+            i += 1;
+        }
+        i
+    };
+    finder.find_iter(line).filter_map(move |at| {
+        let mut i = blanks(line, at + finder.needle().len());
+        if line.get(i) != Some(&b':') {
+            return None; // a value "key", not a key
+        }
+        i = blanks(line, i + 1);
+        if line.get(i) != Some(&b'"') {
+            return None; // not a string value
+        }
+        let start = i + 1;
+        let Some(len) = memchr::memchr2(b'"', b'\\', &line[start..]) else {
+            *unknown = true;
+            return None;
+        };
+        if line[start + len] == b'\\' {
+            *unknown = true;
+            return None;
+        }
+        match std::str::from_utf8(&line[start..start + len]) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                *unknown = true;
+                None
+            }
+        }
+    })
+}
+
+/// The trigger hits of lazy rules `rules_wanted` on a parsed entry (the
+/// judge's side of [`GatedLine`]).
+pub fn lazy_trigger_hits(
+    rules: &RuleSet,
+    rules_wanted: &[usize],
+    entry: &AuditEntry<'_>,
+    raw: &[u8],
+    idx: u64,
+    offset: u64,
+) -> Vec<Hit> {
+    rules_wanted
+        .iter()
+        .filter(|&&i| {
+            rules
+                .get(i)
+                .window
+                .as_ref()
+                .and_then(|w| w.trigger.as_ref())
+                .is_some_and(|t| t.eval(entry))
+                && !rules.get(i).when.eval(entry)
+        })
+        .map(|&i| {
+            let time_ns = entry.time.as_deref().and_then(parse::parse_time_nanos);
+            let rule = rules.get(i);
+            hit_for(
+                i,
+                rule,
+                Role::Trigger,
+                entry,
+                raw,
+                idx,
+                offset,
+                time_ns,
+                &mut None,
+            )
+        })
+        .collect()
+}
+
+/// A hit of rule `rule_idx` on an entry, with what the judge needs. `shared` holds the
+/// line's bytes once for all its deferred hits.
+#[allow(clippy::too_many_arguments)]
+fn hit_for(
+    rule_idx: usize,
+    rule: &Rule,
+    role: Role,
+    entry: &AuditEntry<'_>,
+    raw: &[u8],
+    idx: u64,
+    offset: u64,
+    time_ns: Option<i64>,
+    shared: &mut Option<std::sync::Arc<[u8]>>,
+) -> Hit {
+    let throttle_key = rule.throttle.as_ref().map(|t| throttle_key(t, entry));
+    let (group, distinct) = match &rule.window {
+        None => (None, None),
+        Some(w) => {
+            let mut key = String::new();
+            let mut complete = true;
+            for f in &w.group_by {
+                match value_string(&f.get(entry)) {
+                    Some(v) => key.push_str(&v),
+                    None => complete = false,
+                }
+                key.push('\u{1f}');
+            }
+            let distinct = w
+                .distinct
+                .as_ref()
+                .and_then(|(_, f)| value_string(&f.get(entry)));
+            (complete.then_some(key), distinct)
+        }
+    };
+    // Throttled rules report few of their hits, and window rules only the entry that fills a
+    // window: their findings are built by the judge when reported.
+    let deferred = rule.throttle.is_some() || rule.window.is_some();
+    Hit {
+        rule: rule_idx,
+        line_idx: idx,
+        offset,
+        finding: (!deferred).then(|| Box::new(build_finding(rule, entry, raw))),
+        raw: deferred.then(|| shared.get_or_insert_with(|| raw.into()).clone()),
+        throttle_key,
+        time_ns,
+        role,
+        group,
+        distinct,
     }
 }
 
@@ -374,6 +614,19 @@ pub fn build_finding(rule: &Rule, e: &AuditEntry<'_>, raw: &[u8]) -> Finding {
         };
         detail.insert(name.clone(), v);
     }
+    let watched = rule.when.watch_hits(e);
+    if !watched.is_empty() {
+        let hits: Vec<serde_json::Value> = watched
+            .into_iter()
+            .map(|h| {
+                serde_json::json!({
+                    "device": h.device, "list": h.list, "label": h.label,
+                    "field": h.field, "entry": h.entry,
+                })
+            })
+            .collect();
+        detail.insert("watchlist".into(), hits.into());
+    }
     Finding {
         id: finding_id(&rule.id, raw),
         rule: rule.id.clone(),
@@ -395,6 +648,22 @@ pub fn build_finding(rule: &Rule, e: &AuditEntry<'_>, raw: &[u8]) -> Finding {
         },
         detail,
     }
+}
+
+/// A response entry with a request id, for the judge's correlation.
+fn response_note(e: &AuditEntry<'_>, line_idx: u64, offset: u64) -> Option<ResponseNote> {
+    if !matches!(Field::Kind.get(e), parse::Value::Str(ref s) if s == "response") {
+        return None;
+    }
+    let id = e.request.as_ref()?.id.as_deref()?;
+    Some(ResponseNote {
+        line_idx,
+        offset,
+        id_hash: crate::correlate::id_hash(id),
+        outcome: outcome(e),
+        time: owned(&e.time),
+        time_ns: e.time.as_deref().and_then(parse::parse_time_nanos),
+    })
 }
 
 /// `denied`, `failed` or `succeeded` for responses; `denied` or `attempted`
@@ -426,6 +695,29 @@ fn outcome(e: &AuditEntry<'_>) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn string_values_of_a_key_are_read_without_parsing() {
+        let finder = memchr::memmem::Finder::new(b"\"remote_address\"").into_owned();
+        let read = |line: &[u8]| {
+            let mut unknown = false;
+            let values: Vec<String> = string_values_of_key(line, &finder, &mut unknown)
+                .map(str::to_owned)
+                .collect();
+            (values, unknown)
+        };
+        let line = br#"{"request":{"remote_address" : "10.0.0.1","data":{"x":"remote_address","remote_address":"a\"b"}},"auth":{"remote_address":7},"remote_address":"::1"}"#;
+        let (values, unknown) = read(line);
+        assert_eq!(values, ["10.0.0.1", "::1"]);
+        assert!(unknown, "the escaped value must make the caller parse");
+        assert_eq!(
+            read(br#"{"remote_address":"1.2.3.4"}"#),
+            (vec!["1.2.3.4".to_owned()], false)
+        );
+        assert_eq!(read(br#"{"a":"b"}"#), (vec![], false));
+        // Cut at the end of the line: not readable, so parse.
+        assert!(read(br#"{"remote_address":"1.2"#).1);
+    }
+
     use super::*;
 
     #[test]

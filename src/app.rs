@@ -30,8 +30,10 @@
 //!   the running configuration kept. Applied live: sinks (those whose table changed are
 //!   restarted; a network sink spools what is queued and the new one replays it), suppression,
 //!   merge window, log level, drain timeout. Sources, archive settings, analysis settings and
-//!   the metrics address need a restart (a warning says so). Changed rules go into every
-//!   running [`Pipeline`] ([`Pipeline::set_rules`]).
+//!   the metrics address need a restart (a warning says so). Changed rules and watch lists go
+//!   into every running [`Pipeline`] ([`Pipeline::set_rules`]).
+//! * **Watch lists** belong to one audit device: each source's pipeline runs the rules with
+//!   the `[[watchlist]]` lists of its `device` bound ([`RuleSet::with_watchlists`]).
 //! * **Shutdown** (SIGTERM/SIGINT): stop accepting, drain connections and files (final
 //!   checkpoints), finish analysis, report open suppression windows, deliver or spool what
 //!   the sinks hold; all within `shutdown.drain_timeout` (exit 1 when it is exceeded). A
@@ -49,7 +51,7 @@ use sha2::{Digest, Sha256};
 
 use crate::analyze::Analyzer;
 use crate::archive::{Archive, ArchiveStats};
-use crate::config::{Config, LogConfig, LogFormat, SourceSpec};
+use crate::config::{Config, LogConfig, LogFormat, SourceConfig, SourceSpec};
 use crate::finding::Finding;
 use crate::listen::{self, ListenConfig};
 use crate::metrics::{self, ArchiveSnap, Check, Response, Snapshot, SourceSnap, TailSnap};
@@ -822,6 +824,65 @@ fn update_lag(t: &Tailer, lag: &Lag, epoch: Instant) {
     }
 }
 
+/// The rule set of each source (in order): `base` with the watch lists of the source's
+/// `device` bound; sources of one device share a set. When watch lists are configured, says
+/// (once per device) which lists rules use that a device lacks, and which sources name no
+/// device.
+fn source_rules(
+    base: &Arc<RuleSet>,
+    sources: &[SourceConfig],
+    lists: &BTreeMap<String, crate::watchlist::DeviceLists>,
+) -> Result<Vec<Arc<RuleSet>>> {
+    let mut by_device: HashMap<Option<&str>, Arc<RuleSet>> = HashMap::new();
+    let mut out = Vec::new();
+    for s in sources {
+        let device = s.device.as_deref();
+        if device.is_none() && !lists.is_empty() {
+            tracing::warn!(source = %s.name, "the source names no `device`: no watch list applies to it");
+        }
+        if let Some(set) = by_device.get(&device) {
+            out.push(set.clone());
+            continue;
+        }
+        let set = match device {
+            Some(d) if !lists.is_empty() => {
+                let empty = crate::watchlist::DeviceLists::new();
+                let (set, missing) = base
+                    .with_watchlists(Some(d), lists.get(d).unwrap_or(&empty))
+                    .context("watch lists")?;
+                for (name, ids) in missing {
+                    tracing::warn!(
+                        device = d,
+                        "no watch list {name:?} for this device: {} cannot fire on it",
+                        ids.join(", ")
+                    );
+                }
+                Arc::new(set)
+            }
+            _ => base.clone(),
+        };
+        by_device.insert(device, set.clone());
+        out.push(set);
+    }
+    Ok(out)
+}
+
+/// A fingerprint of the `[[watchlist]]` tables and their files.
+fn watchlists_fingerprint(cfg: &Config) -> String {
+    let mut h = Sha256::new();
+    for w in &cfg.watchlists {
+        for part in [w.device.as_bytes(), w.name.as_bytes()] {
+            h.update(part);
+            h.update([0]);
+        }
+        h.update(w.file.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        h.update(std::fs::read(&w.file).unwrap_or_default());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
 /// A fingerprint of the extra rule files (to tell whether a reload changed them).
 fn rules_fingerprint(patterns: Option<&Path>) -> String {
     let mut h = Sha256::new();
@@ -896,7 +957,9 @@ pub fn run(opts: RunOptions) -> Result<u8> {
     let mut log = init_logging(&cfg.log);
     let format = log.format;
     let rules = Arc::new(cfg.load_rules().context("cannot load the rules")?);
-    let mut rules_fp = rules_fingerprint(cfg.patterns.as_deref());
+    let lists = cfg.watch_lists().context("cannot load the watch lists")?;
+    let per_source = source_rules(&rules, &cfg.sources, &lists)?;
+    let mut rules_fp = rules_fingerprint(cfg.patterns.as_deref()) + &watchlists_fingerprint(&cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("run")
@@ -1013,7 +1076,12 @@ pub fn run(opts: RunOptions) -> Result<u8> {
                 Ok(())
             })
         };
-        let mut analyzer = Analyzer::new(rules.clone(), false, cfg.analysis.max_line_bytes);
+        let mut analyzer = Analyzer::new(
+            per_source[idx as usize].clone(),
+            false,
+            cfg.analysis.max_line_bytes,
+        )
+        .with_correlation(!cfg.analysis.correlate_wait.is_zero());
         if let Some(p) = &cfg.analysis.strip_prefix {
             analyzer = analyzer.with_prefix(p);
         }
@@ -1026,6 +1094,7 @@ pub fn run(opts: RunOptions) -> Result<u8> {
             analyzer,
             cfg.analysis.threads,
             backpressure,
+            cfg.analysis.correlate_wait,
             emit,
         );
         let alive = Arc::new(AtomicBool::new(true));
@@ -1397,7 +1466,17 @@ impl ReloadCtx<'_> {
             );
         }
         let rules = Arc::new(new.load_rules().context("rules")?);
-        let fp = rules_fingerprint(new.patterns.as_deref());
+        let lists = new.watch_lists().context("watch lists")?;
+        let fp = rules_fingerprint(new.patterns.as_deref()) + &watchlists_fingerprint(&new);
+        let rules_changed = fp != *self.rules_fp
+            || new.patterns != self.cfg.patterns
+            || new.rule_selection != self.cfg.rule_selection;
+        // The running sources keep their devices (source changes need a restart).
+        let per_source = if rules_changed {
+            source_rules(&rules, &self.cfg.sources, &lists)?
+        } else {
+            Vec::new()
+        };
         let old = &*self.cfg;
         let mut changes = Vec::new();
         let mut restart_needed = Vec::new();
@@ -1437,18 +1516,23 @@ impl ReloadCtx<'_> {
         if new.drain_timeout != old.drain_timeout {
             changes.push(format!("shutdown.drain_timeout {:?}", new.drain_timeout));
         }
-        if fp != *self.rules_fp
-            || new.patterns != old.patterns
-            || new.rule_selection != old.rule_selection
-        {
-            let applied = self.pipelines.iter().all(|p| swap_rules(p, &rules));
+        if rules_changed {
+            let applied = self
+                .pipelines
+                .iter()
+                .zip(&per_source)
+                .all(|(p, r)| swap_rules(p, r));
             if applied {
                 *self.rules_fp = fp;
                 self.shared
                     .rules_loaded
                     .store(rules.rules().len() as u64, Ordering::Relaxed);
                 self.shared.rules_pending.store(false, Ordering::Relaxed);
-                changes.push(format!("rules ({} loaded)", rules.rules().len()));
+                changes.push(format!(
+                    "rules ({} loaded, {} watch lists)",
+                    rules.rules().len(),
+                    new.watchlists.len()
+                ));
             } else {
                 self.shared.rules_pending.store(true, Ordering::Relaxed);
                 tracing::warn!(

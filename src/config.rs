@@ -84,6 +84,7 @@ disable = []                # e.g. ["brute_force.*", "acl.denied_paths"]
 threads = 0                 # analysis threads per source; 0: one per core
 max_line_bytes = "16MiB"    # longer entries are archived and counted, not analysed
 # strip_prefix = "vault:"   # the audit device's `prefix` option, if you set one
+correlate_wait = "2s"       # a request's finding waits this long for its response; "0s": off
 
 # ---- sources: any number of listen and tail sources ----------------------------------------
 
@@ -98,6 +99,8 @@ max_connections = 1024
 idle_timeout = "60s"        # for connections holding a partial line or never productive
 archive = true              # keep the byte-for-byte fallback archive of what arrives here:
                             # true ([archive] dir), false, or a directory of its own
+# device = "auditwatch"     # the audit device that sends here (its name in Vault/OpenBao):
+                            # the [[watchlist]] tables of this device apply to this source
 
 # The file audit device's log: complete, resumes exactly after a restart.
 [[sources]]
@@ -111,6 +114,19 @@ checkpoint_interval = "1s"
 rotate_wait = "5s"
 # state_dir = "/var/lib/auditwatch/tail-state"   # default: <data_dir>/tail-state
 archive = false             # the file already is on disk
+# device = "file-audit"     # the file audit device writing `path`
+
+# ---- watch lists: HMACs as one audit device writes them --------------------------------------
+
+# Each device has its own salt, so a list belongs to one device (`device` of a source). Lines:
+# `hmac-sha256:<hex> [label]`, `#` comments. Get the hashes with
+# `bao write sys/audit-hash/file-audit input=root`. Re-read on SIGHUP. Built-in rules use the
+# lists `root` (hash of "root") and `login-errors` ("invalid username or password", "invalid role
+# or secret ID"); watchlist.match reports any other list's values anywhere in an entry.
+# [[watchlist]]
+# device = "file-audit"
+# name = "root"
+# file = "/etc/auditwatch/watchlists/file-audit/root.list"
 
 # ---- what happens to findings ----------------------------------------------------------------
 
@@ -247,6 +263,8 @@ pub struct AnalysisConfig {
     pub threads: usize,
     pub max_line_bytes: usize,
     pub strip_prefix: Option<String>,
+    /// How long a request's finding waits for its response (zero: off).
+    pub correlate_wait: Duration,
 }
 
 /// A socket source (see [`crate::listen`]).
@@ -283,6 +301,20 @@ pub struct SourceConfig {
     pub spec: SourceSpec,
     /// The archive directory of this source, if it keeps one.
     pub archive: Option<PathBuf>,
+    /// The audit device whose entries this source receives (its watch lists apply).
+    pub device: Option<String>,
+}
+
+/// `[[watchlist]]`: a watch list file of one audit device (see [`crate::watchlist`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchlistConfig {
+    /// The device (`device` of a source) the hashes were computed for.
+    pub device: String,
+    /// The list's name, as rules name it (`in_watchlist = "root"`).
+    pub name: String,
+    /// `hmac-sha256:<hex> [label]` lines; re-read on SIGHUP.
+    pub file: PathBuf,
 }
 
 impl SourceConfig {
@@ -416,6 +448,8 @@ pub struct Config {
     /// Environment variables named by the file that are not set (secret_env, `${NAME}`).
     /// `run` refuses to start with any; `config check` warns.
     pub missing_env: Vec<String>,
+    /// Watch lists, each of the device of some source (files read by [`Config::watch_lists`]).
+    pub watchlists: Vec<WatchlistConfig>,
 }
 
 impl Config {
@@ -479,6 +513,22 @@ impl Config {
     /// Names of the sources, in file order.
     pub fn source_names(&self) -> Vec<&str> {
         self.sources.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// Reads every `[[watchlist]]` file: device → its lists.
+    pub fn watch_lists(
+        &self,
+    ) -> Result<BTreeMap<String, crate::watchlist::DeviceLists>, crate::watchlist::WatchError> {
+        let mut out: BTreeMap<String, crate::watchlist::DeviceLists> = BTreeMap::new();
+        for w in &self.watchlists {
+            let list = crate::watchlist::WatchList::load(&w.name, &w.file)?;
+            crate::watchlist::insert(
+                out.entry(w.device.clone()).or_default(),
+                Some(&w.device),
+                list,
+            )?;
+        }
+        Ok(out)
     }
 }
 
@@ -620,6 +670,8 @@ struct RawConfig {
     shutdown: RawShutdown,
     #[serde(default)]
     sinks: Vec<SinkConfig>,
+    #[serde(default)]
+    watchlist: Vec<WatchlistConfig>,
 }
 
 #[derive(Deserialize, Default)]
@@ -645,6 +697,7 @@ struct RawAnalysis {
     threads: Option<usize>,
     max_line_bytes: Option<Size>,
     strip_prefix: Option<String>,
+    correlate_wait: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -654,6 +707,7 @@ struct RawSource {
     #[serde(rename = "type")]
     kind: RawSourceKind,
     archive: Option<ArchiveChoice>,
+    device: Option<String>,
     // listen
     tcp: Option<Vec<String>>,
     unix: Option<Vec<PathBuf>>,
@@ -868,6 +922,12 @@ fn build(
         threads,
         max_line_bytes: max_line_bytes as usize,
         strip_prefix: raw.analysis.strip_prefix.filter(|p| !p.is_empty()),
+        correlate_wait: match raw.analysis.correlate_wait.as_deref() {
+            None => crate::correlate::DEFAULT_WAIT,
+            Some(d) => {
+                parse_duration(d).map_err(|e| fail(format!("analysis.correlate_wait: {e}")))?
+            }
+        },
     };
 
     let archive = ArchiveSettings {
@@ -905,6 +965,13 @@ fn build(
         }
         if sources.iter().any(|o: &SourceConfig| o.name == name) {
             return Err(fail(format!("{here}: two sources are named {name:?}")));
+        }
+        if let Some(d) = &s.device {
+            if !valid_name(d) {
+                return Err(fail(format!(
+                    "{here}: device {d:?}: use 1-64 of A-Z a-z 0-9 . _ - (not starting with '.')"
+                )));
+            }
         }
         let listen_keys = [
             ("tcp", s.tcp.is_some()),
@@ -1015,6 +1082,7 @@ fn build(
             name,
             spec,
             archive: archive_dir,
+            device: s.device,
         });
     }
     if sources.is_empty() {
@@ -1045,6 +1113,35 @@ fn build(
                 }
             }
         }
+    }
+
+    let mut watchlists: Vec<WatchlistConfig> = Vec::new();
+    for w in raw.watchlist {
+        let here = format!("watchlist {:?} of device {:?}", w.name, w.device);
+        if !valid_name(&w.name) || !valid_name(&w.device) {
+            return Err(fail(format!(
+                "{here}: names use 1-64 of A-Z a-z 0-9 . _ - (not starting with '.')"
+            )));
+        }
+        if !sources
+            .iter()
+            .any(|s| s.device.as_deref() == Some(&w.device))
+        {
+            return Err(fail(format!(
+                "{here}: no source has `device = {:?}` (a watch list holds the hashes of one audit device; name the device on the source that receives its entries)",
+                w.device
+            )));
+        }
+        if watchlists
+            .iter()
+            .any(|o| o.device == w.device && o.name == w.name)
+        {
+            return Err(fail(format!("{here}: configured twice")));
+        }
+        if w.file.as_os_str().is_empty() {
+            return Err(fail(format!("{here}: `file` is empty")));
+        }
+        watchlists.push(w);
     }
 
     let merge_window = raw.merge.window.map_or(Duration::from_secs(10), |d| d.0);
@@ -1161,6 +1258,7 @@ fn build(
         sinks,
         sink_tables,
         missing_env,
+        watchlists,
     })
 }
 
@@ -1328,12 +1426,28 @@ mod tests {
             ("[suppress.rules]\n\"a b\" = true\n", "not a rule id"),
             ("[metrics]\nlisten = \"localhost\"\n", "not IP:PORT"),
             ("[log]\nlevel = \"info,[\"\n", "log.level"),
+            (
+                "[[watchlist]]\ndevice = \"file-audit\"\nname = \"root\"\nfile = \"x\"\n",
+                "no source has `device = \"file-audit\"`",
+            ),
+            (
+                "[[sources]]\nname = \"t\"\ntype = \"tail\"\npath = \"/x\"\ndevice = \"a b\"\n",
+                "device \"a b\"",
+            ),
         ] {
             let e = parse(&format!("{MIN}{extra}")).unwrap_err();
             assert!(e.message.contains(needle), "{extra:?}: {e}");
         }
         let e = parse("[[sinks]]\nname = \"o\"\ntype = \"stdout\"\n").unwrap_err();
         assert!(e.message.contains("no [[sources]]"), "{e}");
+        let c = parse(&format!(
+            "{MIN}[[sources]]\nname = \"t\"\ntype = \"tail\"\npath = \"/x\"\ndevice = \"file-audit\"\n\
+             [[watchlist]]\ndevice = \"file-audit\"\nname = \"root\"\nfile = \"root.list\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.sources[0].device, None);
+        assert_eq!(c.sources[1].device.as_deref(), Some("file-audit"));
+        assert_eq!(c.watchlists[0].file, PathBuf::from("root.list"));
     }
 
     #[test]

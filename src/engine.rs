@@ -39,10 +39,12 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::analyze::{BlockResult, ErrorKind};
+use crate::correlate::{Correlator, DEFAULT_WAIT};
 use crate::finding::{Finding, SourceKind, SourceRef};
 use crate::rules::{Role, RuleSet, Window};
 
@@ -99,6 +101,12 @@ pub struct Stats {
     pub suppressed: u64,
     pub findings_by_rule: BTreeMap<String, u64>,
     pub findings_by_severity: BTreeMap<String, u64>,
+    /// Request/response correlation (see [`crate::correlate`]).
+    pub correlation: crate::correlate::CorrelationStats,
+    /// Lines left unparsed for lazy window triggers, and how many of them
+    /// the judge parsed (their group key had window state).
+    pub lazy_trigger_lines: u64,
+    pub lazy_trigger_parsed: u64,
     /// Keys window rules hold now (all rules).
     pub window_keys: u64,
     /// Bytes of window state now (see the module docs for what is counted).
@@ -120,6 +128,16 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Counts a reported finding (total, by rule, by severity).
+    pub fn count_finding(&mut self, f: &Finding) {
+        self.findings += 1;
+        *self.findings_by_rule.entry(f.rule.clone()).or_default() += 1;
+        *self
+            .findings_by_severity
+            .entry(f.severity.as_str().to_owned())
+            .or_default() += 1;
+    }
+
     pub fn record_error(&mut self, e: LocatedError) {
         match e.kind {
             ErrorKind::InvalidUtf8 => {
@@ -385,6 +403,11 @@ pub struct Judge {
     scratch: Vec<u64>,
     /// The newest entry time seen (for entries whose time does not parse).
     clock: i64,
+    /// Request findings waiting for their response.
+    correlator: Correlator,
+    /// Held findings of rules a reload removed, reported at the next call
+    /// that can report.
+    deferred: Vec<Finding>,
     pub stats: Stats,
 }
 
@@ -399,10 +422,21 @@ impl Judge {
             source: Arc::from(""),
             scratch: Vec::new(),
             clock: 0,
+            correlator: Correlator::new(DEFAULT_WAIT, false),
+            deferred: Vec::new(),
             stats: Stats::default(),
         };
         judge.window_gauges();
         judge
+    }
+
+    /// How long request findings wait for their response (zero: no
+    /// correlation, one finding per entry); `wall_clock` also ends waits on
+    /// the wall clock (live modes: a quiet stream must not hold findings).
+    pub fn set_correlation(&mut self, wait: Duration, wall_clock: bool) {
+        let mut c = Correlator::new(wait, wall_clock);
+        c.stats = self.correlator.stats.clone();
+        self.correlator = c;
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {
@@ -436,6 +470,9 @@ impl Judge {
             .filter(|(j, _)| rules.get(*j).window.is_some())
             .collect();
         drop(new_ids);
+        let mut gone = Vec::new();
+        self.correlator.remap(&map, &mut |f| gone.push(f));
+        self.deferred.extend(gone);
         self.rules = rules;
         self.window_bytes = self.windows.values().map(RuleWindows::bytes).sum();
         self.window_gauges();
@@ -506,79 +543,224 @@ impl Judge {
         if *self.source != *pos.name {
             self.source = Arc::from(pos.name.as_str());
         }
-        let windows_before = self.window_bytes;
-        let mut window_hits = false;
-        for hit in result.hits {
-            if let Some(t) = hit.time_ns {
-                self.clock = self.clock.max(t);
+        // Hits, lazily judged lines and responses, in line order. A
+        // response's own hits come before its note (they may merge with a
+        // held request).
+        let mut hits = result.hits.into_iter().peekable();
+        let gated_arena = result.gated;
+        let mut gated = gated_arena.lines.iter().peekable();
+        let mut notes = result.responses.into_iter().peekable();
+        loop {
+            let h = hits.peek().map(|x| x.line_idx);
+            let g = gated.peek().map(|x| x.line_idx);
+            let n = notes.peek().map(|x| x.line_idx);
+            let Some(first) = [h, g, n].into_iter().flatten().min() else {
+                break;
+            };
+            if h == Some(first) {
+                let hit = hits.next().expect("peeked");
+                self.judge_hit(pos, offset, hit, emit);
+            } else if g == Some(first) {
+                let line = gated.next().expect("peeked");
+                for hit in self.resolve_gated(&gated_arena, line) {
+                    self.judge_hit(pos, offset, hit, emit);
+                }
+            } else {
+                let note = notes.next().expect("peeked");
+                self.answer(pos, offset, &note, emit);
             }
-            // An Arc clone so the window state can be borrowed mutably.
-            let rules = self.rules.clone();
-            let mut window = None;
-            if let Some(w) = &rules.get(hit.rule).window {
-                window_hits = true;
-                let line = pos.lines_before + hit.line_idx + 1;
-                let Some(detail) = self.window_event(hit.rule, w, &hit, line) else {
-                    continue;
-                };
-                window = Some(detail);
-            } else if hit.role == Role::Trigger {
+        }
+        self.expire_held(emit);
+        self.window_gauges();
+        pos.lines_before += result.lines;
+    }
+
+    /// A line left unparsed for lazy triggers: parsed only when one of its
+    /// possible group keys holds a full window already (else no trigger can
+    /// fire: a window only loses events as time goes on).
+    fn resolve_gated(
+        &mut self,
+        arena: &crate::analyze::Gated,
+        line: &crate::analyze::GatedLine,
+    ) -> Vec<crate::analyze::Hit> {
+        self.stats.lazy_trigger_lines += 1;
+        let mut wanted: Vec<usize> = Vec::new();
+        for k in arena.keys(line) {
+            if wanted.contains(&k.rule) {
                 continue;
             }
-            let rule = self.rules.get(hit.rule);
-            if let (Some(t), Some(key), Some(now)) =
-                (&rule.throttle, &hit.throttle_key, hit.time_ns)
-            {
-                // One finding per key per window of entry time, windows
-                // aligned to the clock (`1h`: each clock hour), so the
-                // analysis threads can drop repeats inside a block on their
-                // own. A late entry of an earlier window counts as a repeat.
-                let bucket = now.div_euclid(t.window.as_nanos().max(1) as i64);
-                let slot = (hit.rule, self.hash_key(key));
-                if self.throttle.get(&slot).is_some_and(|&last| bucket <= last) {
-                    self.stats.suppressed += 1;
-                    continue;
-                }
-                if self.throttle.len() >= THROTTLE_KEYS_MAX {
-                    evict_stalest(&mut self.throttle);
-                }
-                self.throttle.insert(slot, bucket);
+            let full = k.unknown
+                || match (
+                    self.rules.get(k.rule).window.as_ref(),
+                    self.windows.get(&k.rule),
+                ) {
+                    (Some(w), Some(m)) => m
+                        .keys
+                        .get(&self.hasher.hash_one(arena.key_text(k)))
+                        .is_some_and(|st| st.measure(w, &mut self.scratch) >= w.count),
+                    _ => false,
+                };
+            if full {
+                wanted.push(k.rule);
             }
-            let built = match (hit.finding, hit.raw) {
-                (Some(f), _) => Some(*f),
-                (None, Some(raw)) => crate::parse::parse_line(&raw)
-                    .ok()
-                    .map(|e| crate::analyze::build_finding(rule, &e, &raw)),
-                (None, None) => None,
+        }
+        if wanted.is_empty() {
+            return Vec::new();
+        }
+        self.stats.lazy_trigger_parsed += 1;
+        let raw = arena.raw(line);
+        // Not valid JSON: counted by the analysis already (as a non-candidate).
+        let Ok(entry) = crate::parse::parse_line(raw) else {
+            return Vec::new();
+        };
+        crate::analyze::lazy_trigger_hits(
+            &self.rules,
+            &wanted,
+            &entry,
+            raw,
+            line.line_idx,
+            line.offset,
+        )
+    }
+
+    /// Judges one hit: windows, throttles, correlation, then reports.
+    fn judge_hit(
+        &mut self,
+        pos: &StreamPos,
+        offset: u64,
+        hit: crate::analyze::Hit,
+        emit: &mut dyn FnMut(Finding),
+    ) {
+        if let Some(t) = hit.time_ns {
+            self.clock = self.clock.max(t);
+        }
+        // Expired waits go out in entry order, wherever blocks are cut.
+        self.expire_held(emit);
+        // An Arc clone so the window state can be borrowed mutably.
+        let rules = self.rules.clone();
+        let mut window = None;
+        if let Some(w) = &rules.get(hit.rule).window {
+            let line = pos.lines_before + hit.line_idx + 1;
+            let Some(detail) = self.window_event(hit.rule, w, &hit, line) else {
+                return;
             };
-            let Some(mut f) = built else { continue };
-            if let Some(mut detail) = window {
-                detail["last"]["time"] = f.time.clone().into();
-                f.detail.insert("window".into(), detail);
+            window = Some(detail);
+        } else if hit.role == Role::Trigger {
+            return;
+        }
+        let rule = self.rules.get(hit.rule);
+        if let (Some(t), Some(key), Some(now)) = (&rule.throttle, &hit.throttle_key, hit.time_ns) {
+            // One finding per key per window of entry time, windows
+            // aligned to the clock (`1h`: each clock hour), so the
+            // analysis threads can drop repeats inside a block on their
+            // own. A late entry of an earlier window counts as a repeat.
+            let bucket = now.div_euclid(t.window.as_nanos().max(1) as i64);
+            let slot = (hit.rule, self.hash_key(key));
+            if self.throttle.get(&slot).is_some_and(|&last| bucket <= last) {
+                self.stats.suppressed += 1;
+                return;
             }
-            f.source = SourceRef {
-                kind: pos.kind,
-                name: pos.name.clone(),
-                line: pos.lines_before + hit.line_idx + 1,
-                offset: offset + hit.offset,
-            };
-            self.stats.findings += 1;
-            *self
-                .stats
-                .findings_by_rule
-                .entry(f.rule.clone())
-                .or_default() += 1;
-            *self
-                .stats
-                .findings_by_severity
-                .entry(f.severity.as_str().to_owned())
-                .or_default() += 1;
-            emit(f);
+            if self.throttle.len() >= THROTTLE_KEYS_MAX {
+                evict_stalest(&mut self.throttle);
+            }
+            self.throttle.insert(slot, bucket);
         }
-        if window_hits || self.window_bytes != windows_before {
-            self.window_gauges();
+        let built = match (hit.finding, hit.raw) {
+            (Some(f), _) => Some(*f),
+            (None, Some(raw)) => crate::parse::parse_line(&raw)
+                .ok()
+                .map(|e| crate::analyze::build_finding(rule, &e, &raw)),
+            (None, None) => None,
+        };
+        let Some(mut f) = built else { return };
+        if let Some(mut detail) = window {
+            detail["last"]["time"] = f.time.clone().into();
+            f.detail.insert("window".into(), detail);
         }
-        pos.lines_before += result.lines;
+        f.source = SourceRef {
+            kind: pos.kind,
+            name: pos.name.clone(),
+            line: pos.lines_before + hit.line_idx + 1,
+            offset: offset + hit.offset,
+        };
+        let stateless = rule.window.is_none() && rule.throttle.is_none();
+        if !stateless {
+            self.report(f, emit);
+            return;
+        }
+        let mut released = Vec::new();
+        let time_ns = hit.time_ns.unwrap_or(self.clock);
+        if let Some(f) = self
+            .correlator
+            .route(hit.rule, f, time_ns, &mut |old| released.push(old))
+        {
+            released.push(f);
+        }
+        for f in released {
+            self.report(f, emit);
+        }
+    }
+
+    /// A parsed response: request findings waiting for it are reported.
+    fn answer(
+        &mut self,
+        pos: &StreamPos,
+        offset: u64,
+        note: &crate::correlate::ResponseNote,
+        emit: &mut dyn FnMut(Finding),
+    ) {
+        if let Some(t) = note.time_ns {
+            self.clock = self.clock.max(t);
+        }
+        let at = SourceRef {
+            kind: pos.kind,
+            name: pos.name.clone(),
+            line: pos.lines_before + note.line_idx + 1,
+            offset: offset + note.offset,
+        };
+        self.expire_held(emit);
+        let mut out = Vec::new();
+        self.correlator.answer(note, &at, &mut |f| out.push(f));
+        for f in out {
+            self.report(f, emit);
+        }
+    }
+
+    /// Reports held request findings whose wait is over.
+    pub fn expire_held(&mut self, emit: &mut dyn FnMut(Finding)) {
+        for f in std::mem::take(&mut self.deferred) {
+            self.report(f, emit);
+        }
+        if self.correlator.pending() == 0 {
+            return;
+        }
+        let mut out = Vec::new();
+        self.correlator.expire(self.clock, &mut |f| out.push(f));
+        for f in out {
+            self.report(f, emit);
+        }
+    }
+
+    /// Reports every held request finding now: `early` before a checkpoint
+    /// (outcome still `attempted`), else at the end of a run (`no_response`).
+    pub fn release_held(&mut self, early: bool, emit: &mut dyn FnMut(Finding)) {
+        let mut out = std::mem::take(&mut self.deferred);
+        self.correlator.release_all(early, &mut |f| out.push(f));
+        for f in out {
+            self.report(f, emit);
+        }
+    }
+
+    /// Request findings waiting for their response.
+    pub fn held(&self) -> usize {
+        self.correlator.pending()
+    }
+
+    /// Counts a finding and hands it to `emit`.
+    fn report(&mut self, f: Finding, emit: &mut dyn FnMut(Finding)) {
+        self.stats.count_finding(&f);
+        self.stats.correlation = self.correlator.stats.clone();
+        emit(f);
     }
 
     /// Counts a window rule's event (or checks its trigger); returns the
@@ -920,10 +1102,15 @@ mod tests {
         let analyzer = Analyzer::new(rules.clone(), false, 1 << 20);
         let template =
             analyzer.scan_block(format!("{}\n", failure(0, "192.0.2.1", "tmpl")).as_bytes());
+        let login_rules = rules
+            .rules()
+            .iter()
+            .filter(|r| r.id.starts_with("brute_force."))
+            .count();
         assert_eq!(
             template.hits.len(),
-            4,
-            "the four login window rules count it"
+            login_rules,
+            "every login window rule counts it"
         );
         let flood_hit = |t: &Hit, idx: u64, n: u64| -> Hit {
             let addr = format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255);
@@ -991,7 +1178,10 @@ mod tests {
             }
         }
         let s = judge.stats.clone();
-        assert_eq!(s.window_state_cap, 6 * WINDOW_STATE_MAX as u64);
+        assert_eq!(
+            s.window_state_cap,
+            rules.rules().len() as u64 * WINDOW_STATE_MAX as u64
+        );
         assert!(s.window_evictions >= 4, "{s:?}");
         assert!(s.window_keys_evicted > 3 * FLOOD, "{s:?}");
         assert!(s.window_state_bytes_peak <= s.window_state_cap, "{s:?}");

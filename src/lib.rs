@@ -16,7 +16,8 @@
 //!             ▼
 //!    analyze::Analyzer ×N ── prefilter → parse::AuditEntry<'a> → rules → Hit
 //!             ▼
-//!    engine::Judge ── stream order: lines, offsets, throttles, Stats → Finding
+//!    engine::Judge ── stream order: lines, offsets, throttles, windows,
+//!             │         request/response correlation (correlate), Stats → Finding
 //!             ▼
 //!    output / sinks
 //! ```
@@ -24,8 +25,11 @@
 //! ## Reading order
 //! 1. [`framing`]: newline framing, oversize lines, pooled blocks.
 //! 2. [`parse`]: the borrowed entry view and raw-JSON helpers.
-//! 3. [`rules`]: the rule format, conditions, the literal prefilter.
-//! 4. [`analyze`] and [`engine`]: stateless matching, then ordered judging.
+//! 3. [`rules`]: the rule format, conditions, the literal prefilter;
+//!    [`watchlist`]: known HMACs of one audit device, bound into the rules
+//!    of the streams that device writes.
+//! 4. [`analyze`] and [`engine`]: stateless matching, then ordered judging;
+//!    [`correlate`]: request findings wait (bounded) for their response.
 //! 5. [`replay`]: the offline mode.
 //! 6. [`listen`] and [`pipeline`]: the live mode and its never-block
 //!    pipeline; [`archive`]: the byte-for-byte fallback copy.
@@ -43,11 +47,13 @@
 //! | socket connection → ingest | retry ≤ 5 ms, then shed and count; reading never stops |
 //! | archive stage → analysis | shed analysis and count it (the bytes are archived) |
 //! | analysis → judge → output | block (backs up into analysis shedding, never into Vault) |
+//! | request findings held for their response | at 65,536 the oldest is reported at once (counted) |
 
 pub mod analyze;
 pub mod app;
 pub mod archive;
 pub mod config;
+pub mod correlate;
 pub mod engine;
 pub mod finding;
 pub mod framing;
@@ -61,3 +67,4 @@ pub mod rules;
 pub mod sink;
 pub mod suppress;
 pub mod tail;
+pub mod watchlist;

@@ -389,6 +389,7 @@ async fn serve_conn<S: AsyncRead + Unpin>(
                     productive.store(true, Ordering::Relaxed);
                     Ingest::Lines {
                         source: source.clone(),
+                        lines: memchr::memchr_iter(b'\n', &frame.data).count() as u64,
                         block: frame.data,
                         offset: frame.offset,
                     }
@@ -496,6 +497,7 @@ async fn udp_loop(ctx: Arc<Ctx>, sock: tokio::net::UdpSocket) {
                 &ctx.ingest,
                 Ingest::Lines {
                     source: source.clone(),
+                    lines: memchr::memchr_iter(b'\n', &block).count() as u64,
                     block,
                     offset,
                 },

@@ -1,6 +1,6 @@
 //! The `auditwatch` command line. See README.md for every command and flag.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -57,6 +57,44 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Print the HMAC an audit device writes for each value (`hmac-sha256:<hex>`), for watch lists.
+    Hash(HashArgs),
+}
+
+#[derive(clap::Args)]
+struct HashArgs {
+    /// The audit device's salt. It stays in shell history and shows in `ps`: prefer --salt-file.
+    #[arg(long, value_name = "SALT", required_unless_present = "salt_file")]
+    salt: Option<String>,
+    /// A file holding the device's salt (a trailing newline is ignored).
+    #[arg(long, value_name = "FILE", conflicts_with = "salt")]
+    salt_file: Option<PathBuf>,
+    /// Values to hash; `-` reads values from stdin, one per line.
+    #[arg(required = true, value_name = "VALUE")]
+    values: Vec<String>,
+}
+
+/// The audit device a stream comes from, and its watch lists.
+#[derive(clap::Args)]
+struct WatchArgs {
+    /// The audit device that wrote the stream (its name in Vault/OpenBao, e.g. file-audit): the
+    /// watch lists of this device apply.
+    #[arg(long, value_name = "NAME", value_parser = parse_device)]
+    device: Option<String>,
+    /// A watch list (repeatable): NAME=FILE for this stream's device, or DEVICE=NAME=FILE (used
+    /// only when DEVICE is the --device given). FILE holds `hmac-sha256:<hex> [label]` lines.
+    #[arg(long, value_name = "[DEVICE=]NAME=FILE")]
+    watchlist: Vec<auditwatch::watchlist::WatchSpec>,
+}
+
+fn parse_device(s: &str) -> Result<String, String> {
+    if auditwatch::watchlist::valid_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?}: use 1-64 of A-Z a-z 0-9 . _ - (not starting with '.')"
+        ))
+    }
 }
 
 #[derive(clap::Args)]
@@ -88,6 +126,18 @@ enum RulesCommand {
         #[command(flatten)]
         rules: RulesArgs,
     },
+    /// Print a rule: why it matters, what a line needs to match it, its state, its fixtures
+    /// (run now) and its definition; exit 1 if a fixture fails, 2 if there is no such rule.
+    Explain {
+        /// The rule id (`auditwatch rules list`).
+        #[arg(value_name = "RULE")]
+        id: String,
+        #[command(flatten)]
+        rules: RulesArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
 }
 
 #[derive(clap::Args)]
@@ -97,6 +147,8 @@ struct ReplayArgs {
     paths: Vec<String>,
     #[command(flatten)]
     rules: RulesArgs,
+    #[command(flatten)]
+    watch: WatchArgs,
     /// Write findings here instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -132,6 +184,9 @@ struct ReplayArgs {
     /// Do not print the summary on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// A request's finding waits this long (entry time) for its response, to report it once with its outcome; 0 turns it off.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_wait)]
+    correlate_wait: Duration,
 }
 
 #[derive(clap::Args)]
@@ -238,11 +293,17 @@ struct LiveArgs {
     /// On SIGTERM/SIGINT, give up draining after this long (exit 1).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// A request's finding waits this long for its response, to report it once with its outcome; 0 turns it off.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_wait)]
+    correlate_wait: Duration,
+    #[command(flatten)]
+    watch: WatchArgs,
 }
 
 impl LiveArgs {
     fn analyzer(&self, rules: Arc<RuleSet>) -> Analyzer {
-        let analyzer = Analyzer::new(rules, false, self.max_line_bytes);
+        let analyzer = Analyzer::new(rules, false, self.max_line_bytes)
+            .with_correlation(!self.correlate_wait.is_zero());
         match &self.strip_prefix {
             Some(p) => analyzer.with_prefix(p),
             None => analyzer,
@@ -320,6 +381,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     auditwatch::rules::parse_duration(s)
 }
 
+/// A duration where zero means off (`0`, `0s`).
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    if s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
+}
+
 fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
     match s {
         "always" => Ok(FsyncPolicy::Always),
@@ -367,6 +436,7 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => run_service(args),
         Command::Config { command } => run_config(command),
+        Command::Hash(args) => run_hash(args),
     };
     match result {
         Ok(code) => code,
@@ -386,6 +456,66 @@ fn load_rules(args: &RulesArgs) -> Result<RuleSet> {
         args.patterns.as_deref(),
         &selection,
     )?)
+}
+
+/// The rules for one stream: those of `args`, with the watch lists of `--device` bound.
+fn load_stream_rules(args: &RulesArgs, watch: &WatchArgs) -> Result<RuleSet> {
+    use auditwatch::watchlist::{self, WatchList};
+    let set = load_rules(args)?;
+    if watch.watchlist.is_empty() {
+        return Ok(set);
+    }
+    let device = watch.device.as_deref();
+    let mut lists = watchlist::DeviceLists::new();
+    for spec in &watch.watchlist {
+        let list = WatchList::load(&spec.name, &spec.file)?;
+        match spec.device.as_deref() {
+            Some(d) if Some(d) != device => tracing::warn!(
+                "watch list {:?} ({}) belongs to device {d:?}, not to this stream's device ({}): ignored",
+                spec.name,
+                spec.file.display(),
+                device.map_or_else(|| "none given: --device".to_owned(), |d| format!("{d:?}"))
+            ),
+            _ => watchlist::insert(&mut lists, device, list)?,
+        }
+    }
+    let (bound, missing) = set.with_watchlists(device, &lists)?;
+    for (name, ids) in missing {
+        tracing::warn!(
+            "device {} has no watch list {name:?}: {} cannot fire",
+            device.map_or_else(|| "(unnamed)".to_owned(), |d| format!("{d:?}")),
+            ids.join(", ")
+        );
+    }
+    Ok(bound)
+}
+
+fn run_hash(args: HashArgs) -> Result<ExitCode> {
+    let salt = match (&args.salt, &args.salt_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read the salt from {}", p.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        (None, None) => anyhow::bail!("--salt or --salt-file is required"),
+    };
+    if salt.is_empty() {
+        anyhow::bail!("the salt is empty");
+    }
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    for v in &args.values {
+        if v == "-" {
+            for line in io::stdin().lock().lines() {
+                let line = line.context("reading values from stdin")?;
+                let value = line.strip_suffix('\r').unwrap_or(&line);
+                writeln!(out, "{}", auditwatch::watchlist::hmac_sha256(&salt, value))?;
+            }
+        } else {
+            writeln!(out, "{}", auditwatch::watchlist::hmac_sha256(&salt, v))?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_rules(cmd: RulesCommand) -> Result<ExitCode> {
@@ -423,6 +553,23 @@ fn run_rules(cmd: RulesCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        RulesCommand::Explain { id, rules, format } => {
+            let set = load_rules(&rules)?;
+            let Some(e) = auditwatch::rules::explain::explain(&set, &id) else {
+                eprintln!("auditwatch: error: no rule {id:?} (see `auditwatch rules list`)");
+                return Ok(ExitCode::from(2));
+            };
+            let mut out = io::stdout().lock();
+            match format {
+                Format::Json => writeln!(out, "{}", serde_json::to_string(&e)?)?,
+                Format::Text => write!(out, "{}", auditwatch::rules::explain::render_text(&e))?,
+            }
+            Ok(if e.fixtures.iter().all(|f| f.failure.is_none()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         RulesCommand::Test { rules } => {
             let set = load_rules(&rules)?;
             let failures = set.test_fixtures();
@@ -459,7 +606,7 @@ struct StatsDoc<'a> {
 }
 
 fn run_replay(args: ReplayArgs) -> Result<ExitCode> {
-    let rules = Arc::new(load_rules(&args.rules)?);
+    let rules = Arc::new(load_stream_rules(&args.rules, &args.watch)?);
     let (inputs, missing) = replay::expand_inputs(&args.paths);
     for (path, e) in &missing {
         eprintln!("auditwatch: error: {path}: {e}");
@@ -483,6 +630,7 @@ fn run_replay(args: ReplayArgs) -> Result<ExitCode> {
         read_size: args.read_size,
         mmap: !args.no_mmap,
         progress: !args.no_progress && !args.quiet && replay::stderr_is_terminal(),
+        correlate_wait: args.correlate_wait,
     };
     let mut worst: Option<Severity> = None;
     let outcome = replay::replay(&inputs, rules.clone(), &opts, &mut |f| {
@@ -605,7 +753,7 @@ struct ListenStatsDoc<'a> {
 }
 
 fn run_listen(args: ListenArgs) -> Result<ExitCode> {
-    let rules = Arc::new(load_rules(&args.rules)?);
+    let rules = Arc::new(load_stream_rules(&args.rules, &args.live.watch)?);
     let mut cfg = ListenConfig {
         tcp: args.tcp.clone(),
         unix: args.unix.clone(),
@@ -638,7 +786,14 @@ fn run_listen(args: ListenArgs) -> Result<ExitCode> {
     let analyzer = args.live.analyzer(rules);
     let threads = args.live.threads();
     let (emit, output) = OutputThread::spawn(writer);
-    let pipeline = Pipeline::start(archive, analyzer, threads, Backpressure::ShedAnalysis, emit);
+    let pipeline = Pipeline::start(
+        archive,
+        analyzer,
+        threads,
+        Backpressure::ShedAnalysis,
+        args.live.correlate_wait,
+        emit,
+    );
     for b in &listeners.bound {
         eprintln!("auditwatch listen: listening on {b}");
     }
@@ -749,7 +904,7 @@ struct TailStatsDoc<'a> {
 }
 
 fn run_tail(args: TailArgs, archive_given: bool) -> Result<ExitCode> {
-    let rules = Arc::new(load_rules(&args.rules)?);
+    let rules = Arc::new(load_stream_rules(&args.rules, &args.live.watch)?);
     let counters = Arc::new(TailCounters::default());
     let mut cfg = TailConfig::new(&args.path, &args.state);
     cfg.from = match args.from {
@@ -787,6 +942,7 @@ fn run_tail(args: TailArgs, archive_given: bool) -> Result<ExitCode> {
         analyzer,
         threads,
         Backpressure::Wait,
+        args.live.correlate_wait,
         Box::new(move |f| {
             let r = writer.write(f);
             if r.is_err() {
@@ -884,17 +1040,7 @@ fn run_tail(args: TailArgs, archive_given: bool) -> Result<ExitCode> {
         }
     };
     for f in &startup {
-        outcome.stats.findings += 1;
-        *outcome
-            .stats
-            .findings_by_rule
-            .entry(f.rule.clone())
-            .or_default() += 1;
-        *outcome
-            .stats
-            .findings_by_severity
-            .entry(f.severity.as_str().to_owned())
-            .or_default() += 1;
+        outcome.stats.count_finding(f);
     }
     let t = counters.snapshot();
     let doc = TailStatsDoc {
@@ -987,13 +1133,27 @@ fn run_config(cmd: ConfigCommand) -> Result<ExitCode> {
                     return Ok(ExitCode::from(1));
                 }
             };
+            let lists = match cfg.watch_lists() {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("auditwatch config: {}: watch lists: {e}", cfg.origin);
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            for (device, lists) in &lists {
+                if let Err(e) = rules.with_watchlists(Some(device), lists) {
+                    eprintln!("auditwatch config: {}: watch lists: {e}", cfg.origin);
+                    return Ok(ExitCode::from(1));
+                }
+            }
             println!(
-                "{}: valid: {} sources ({}), {} sinks, {} rules",
+                "{}: valid: {} sources ({}), {} sinks, {} rules, {} watch lists",
                 cfg.origin,
                 cfg.sources.len(),
                 cfg.source_names().join(", "),
                 cfg.sinks.len(),
-                rules.rules().len()
+                rules.rules().len(),
+                cfg.watchlists.len()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -36,6 +36,10 @@ pub struct AuditEntry<'a> {
     pub response: Option<Response<'a>>,
     #[serde(borrow, default, deserialize_with = "opt_cow")]
     pub error: Str<'a>,
+    /// The whole line (set by [`parse_str`]), for tests that look at every value
+    /// (`in_watchlist` on field `*`, see [`walk_strings`]).
+    #[serde(skip)]
+    pub raw: &'a str,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,11 +214,13 @@ impl fmt::Display for ParseError {
 
 /// Parses one line (without its newline) whose UTF-8 was already checked.
 pub fn parse_str(line: &str) -> Result<AuditEntry<'_>, ParseError> {
-    serde_json::from_str(line).map_err(|e| ParseError {
+    let mut e: AuditEntry<'_> = serde_json::from_str(line).map_err(|e| ParseError {
         kind: ParseErrorKind::InvalidJson,
         at: byte_of(line, e.line(), e.column()),
         message: e.to_string(),
-    })
+    })?;
+    e.raw = line;
+    Ok(e)
 }
 
 /// Parses one line (without its newline).
@@ -292,6 +298,116 @@ pub fn array_any_str(raw: &RawValue, f: &mut dyn FnMut(&str) -> bool) -> bool {
     }
     let mut de = serde_json::Deserializer::from_str(raw.get());
     de.deserialize_any(Seed { f }).unwrap_or(false)
+}
+
+/// One step of a path inside a JSON value: an object key or an array index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seg<'a> {
+    Key(Cow<'a, str>),
+    Index(usize),
+}
+
+/// `request.data.policies[0]`: a path as findings name it, after `base`.
+pub fn path_string(base: &str, path: &[Seg<'_>]) -> String {
+    let mut out = base.to_owned();
+    for s in path {
+        match s {
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// Calls `f` with the path and text of every string value in the JSON text `json` (object
+/// keys are not values), in document order, until `f` returns true. Returns whether it did.
+/// Nesting deeper than serde_json's limit (128) ends the walk (Vault writes nothing that deep).
+pub fn walk_strings<'de>(json: &'de str, f: &mut dyn FnMut(&[Seg<'de>], &str) -> bool) -> bool {
+    struct Walk<'a, 'f, 'de> {
+        path: &'a mut Vec<Seg<'de>>,
+        f: &'a mut (dyn FnMut(&[Seg<'de>], &str) -> bool + 'f),
+        done: &'a mut bool,
+    }
+    impl<'de> de::DeserializeSeed<'de> for Walk<'_, '_, 'de> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Walk<'_, '_, 'de> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any value")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+            if !*self.done {
+                *self.done = (self.f)(self.path, v);
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let Walk { path, f, done } = self;
+            for i in 0.. {
+                path.push(Seg::Index(i));
+                let next = seq.next_element_seed(Walk {
+                    path: &mut *path,
+                    f: &mut *f,
+                    done: &mut *done,
+                });
+                path.pop();
+                if next?.is_none() {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let Walk { path, f, done } = self;
+            while let Some(k) = map.next_key::<MaybeStr<'de>>()? {
+                path.push(Seg::Key(k.0.unwrap_or_default()));
+                let r = map.next_value_seed(Walk {
+                    path: &mut *path,
+                    f: &mut *f,
+                    done: &mut *done,
+                });
+                path.pop();
+                r?;
+            }
+            Ok(())
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    let mut path = Vec::new();
+    let mut done = false;
+    let mut de = serde_json::Deserializer::from_str(json);
+    let _ = de::DeserializeSeed::deserialize(
+        Walk {
+            path: &mut path,
+            f,
+            done: &mut done,
+        },
+        &mut de,
+    );
+    done
 }
 
 /// The string elements of a JSON array, copied (for findings).
@@ -552,6 +668,41 @@ mod tests {
         ));
         assert!(object_get(data, "missing").is_none());
         assert_eq!(object_keys(req.data.unwrap()), vec!["policy", "deep"]);
+    }
+
+    #[test]
+    fn walks_every_string_with_its_path() {
+        let e = parse_str(LINE).unwrap();
+        assert_eq!(e.raw, LINE);
+        let mut seen = Vec::new();
+        walk_strings(e.raw, &mut |p, s| {
+            seen.push((path_string("", p), s.to_owned()));
+            false
+        });
+        assert!(seen.contains(&("auth.policies[0]".into(), "root".into())));
+        assert!(seen.contains(&("request.data.policy".into(), "hmac-sha256:dd".into())));
+        assert!(seen.contains(&("request.path".into(), "sys/policies/acl/ops".into())));
+        assert!(seen.contains(&("response.data.error".into(), "hmac-sha256:ee".into())));
+        assert!(
+            !seen.iter().any(|(_, s)| s == "complete"),
+            "keys are not values"
+        );
+        // Stops at the first `true`.
+        let mut n = 0;
+        assert!(walk_strings(LINE, &mut |_, s| {
+            n += 1;
+            s == "response"
+        }));
+        assert_eq!(n, 2);
+        // Escaped keys and deep nesting end cleanly.
+        let mut got = Vec::new();
+        walk_strings(r#"{"a\u002eb":[{"c":"x"}]}"#, &mut |p, s| {
+            got.push((path_string("top", p), s.to_owned()));
+            false
+        });
+        assert_eq!(got, vec![("top.a.b[0].c".to_owned(), "x".to_owned())]);
+        let deep = format!("{}\"x\"{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(!walk_strings(&deep, &mut |_, _| true));
     }
 
     #[test]

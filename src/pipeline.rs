@@ -57,6 +57,9 @@ pub enum Ingest {
         source: Arc<SourceInfo>,
         block: Block,
         offset: u64,
+        /// Newlines in `block`, counted by the producer (which needs them
+        /// anyway, or runs on its own task): the archive stage is serial.
+        lines: u64,
     },
     /// A piece of a line longer than the maximum (archived, not analysed).
     Oversize {
@@ -223,6 +226,10 @@ pub struct LiveStats {
     pub suppressed: u64,
 }
 
+/// How often the judge looks for held findings whose wait is over while no
+/// block arrives.
+const HELD_TICK: Duration = Duration::from_millis(100);
+
 /// Sends a frame without ever blocking for long: retries for at most
 /// [`INGEST_WAIT`] (async sleeps), then sheds and counts it.
 pub async fn send_ingest(tx: &Sender<Ingest>, mut msg: Ingest, counters: &Counters) {
@@ -233,10 +240,7 @@ pub async fn send_ingest(tx: &Sender<Ingest>, mut msg: Ingest, counters: &Counte
             Err(TrySendError::Full(m)) => {
                 if start.elapsed() >= INGEST_WAIT {
                     let (lines, bytes) = match &m {
-                        Ingest::Lines { block, .. } => (
-                            memchr::memchr_iter(b'\n', block).count() as u64,
-                            block.len() as u64,
-                        ),
+                        Ingest::Lines { block, lines, .. } => (*lines, block.len() as u64),
                         Ingest::Oversize { piece, done, .. } => {
                             (u64::from(*done), piece.len() as u64)
                         }
@@ -290,7 +294,7 @@ enum Judged {
         source: Arc<SourceInfo>,
         lines_before: u64,
         offset: u64,
-        result: BlockResult,
+        result: Box<BlockResult>,
         /// The rules the block was analysed with (hit indices refer to them).
         rules: Arc<RuleSet>,
     },
@@ -328,6 +332,7 @@ impl Pipeline {
         analyzer: Analyzer,
         threads: usize,
         backpressure: Backpressure,
+        correlate_wait: Duration,
         mut emit: EmitFn,
     ) -> Pipeline {
         let counters = Arc::new(Counters::default());
@@ -377,7 +382,7 @@ impl Pipeline {
                                     let analyzer =
                                         shared.read().unwrap_or_else(|p| p.into_inner()).clone();
                                     Judged::Block {
-                                        result: analyzer.scan_block(&block),
+                                        result: Box::new(analyzer.scan_block(&block)),
                                         rules: analyzer.rules().clone(),
                                         source,
                                         lines_before,
@@ -402,16 +407,40 @@ impl Pipeline {
                 .name("judge".into())
                 .spawn(move || {
                     let mut judge = Judge::new(rules);
+                    judge.set_correlation(correlate_wait, true);
                     let mut recent = RecentIds::new(RECENT_IDS);
                     let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
                     let mut next = 0u64;
                     let mut write_err = None;
-                    for done in done_rx {
+                    let mut deliver = |f: Finding| {
+                        if !recent.insert(&f.id) {
+                            Counters::add(&counters.duplicates_dropped, 1);
+                            return;
+                        }
+                        if write_err.is_none() {
+                            if let Err(e) = emit(&f) {
+                                write_err = Some(e);
+                            }
+                        }
+                    };
+                    loop {
+                        let done = match done_rx.recv_timeout(HELD_TICK) {
+                            Ok(d) => d,
+                            Err(RecvTimeoutError::Timeout) => {
+                                // A quiet stream must not hold findings.
+                                judge.expire_held(&mut deliver);
+                                continue;
+                            }
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        };
                         pending.insert(done.seq, done);
                         while let Some(d) = pending.remove(&next) {
                             next += 1;
                             let (source, lines_before, offset, result) = match d.work {
                                 Judged::Marker(m) => {
+                                    // A checkpoint covers only what was
+                                    // reported: held findings go out first.
+                                    judge.release_held(true, &mut deliver);
                                     m();
                                     continue;
                                 }
@@ -433,17 +462,7 @@ impl Pipeline {
                                 name: source.name.clone(),
                                 lines_before,
                             };
-                            judge.block(&mut pos, offset, result, false, &mut |f| {
-                                if !recent.insert(&f.id) {
-                                    Counters::add(&counters.duplicates_dropped, 1);
-                                    return;
-                                }
-                                if write_err.is_none() {
-                                    if let Err(e) = emit(&f) {
-                                        write_err = Some(e);
-                                    }
-                                }
-                            });
+                            judge.block(&mut pos, offset, *result, false, &mut deliver);
                             if let Ok(mut l) = live.lock() {
                                 let s = &judge.stats;
                                 l.entries = s.entries;
@@ -455,6 +474,8 @@ impl Pipeline {
                             }
                         }
                     }
+                    // The streams ended (shutdown): nothing stays held.
+                    judge.release_held(false, &mut deliver);
                     match write_err {
                         Some(e) => Err(e),
                         None => Ok(judge.stats),
@@ -542,11 +563,11 @@ fn archive_stage(
                 source,
                 block,
                 offset,
+                lines: n,
             }) => {
                 if let Some(a) = archive.as_mut() {
                     a.append_lines(&block);
                 }
-                let n = memchr::memchr_iter(b'\n', &block).count() as u64;
                 Counters::add(&counters.lines_received, n);
                 let before = lines_before.entry(source.id).or_insert(0);
                 let name = source.name.clone();

@@ -58,6 +58,9 @@ pub struct ReplayOptions {
     pub progress: bool,
     /// Map settled plain files into memory instead of reading them.
     pub mmap: bool,
+    /// How long a request's finding waits for its response (entry time);
+    /// zero: one finding per entry. See [`crate::correlate`].
+    pub correlate_wait: Duration,
 }
 
 impl Default for ReplayOptions {
@@ -71,6 +74,7 @@ impl Default for ReplayOptions {
             strict: false,
             progress: false,
             mmap: true,
+            correlate_wait: crate::correlate::DEFAULT_WAIT,
         }
     }
 }
@@ -212,7 +216,7 @@ fn plain_file_size(p: &Path) -> Option<u64> {
 enum Msg {
     Analysed {
         offset: u64,
-        result: BlockResult,
+        result: Box<BlockResult>,
         tail: bool,
     },
     Oversize {
@@ -289,7 +293,8 @@ pub fn replay(
     // A few results per thread: results wait here only while the collector
     // catches up, and bounding them bounds memory.
     let (msg_tx, msg_rx) = bounded::<Envelope>(threads * 8);
-    let analyzer = Analyzer::new(rules.clone(), opts.strict, opts.max_line);
+    let analyzer = Analyzer::new(rules.clone(), opts.strict, opts.max_line)
+        .with_correlation(!opts.correlate_wait.is_zero());
     let ahead = Arc::new(Ahead::default());
     let next_unit = Arc::new(AtomicUsize::new(0));
     let inputs_arc: Arc<Vec<Input>> = Arc::new(inputs.to_vec());
@@ -328,6 +333,7 @@ pub fn replay(
     drop(msg_tx);
 
     let mut judge = Judge::new(rules);
+    judge.set_correlation(opts.correlate_wait, false);
     let outcome = collect(
         inputs,
         &units,
@@ -430,7 +436,7 @@ fn scan_mapped(
         if !whole.is_empty() {
             let msg = Msg::Analysed {
                 offset: pos as u64,
-                result: analyzer.scan_block(whole),
+                result: Box::new(analyzer.scan_block(whole)),
                 tail: false,
             };
             if !send(seq, msg) {
@@ -442,7 +448,7 @@ fn scan_mapped(
             if unit.last {
                 let msg = Msg::Analysed {
                     offset: at as u64,
-                    result: analyzer.scan_block(rest),
+                    result: Box::new(analyzer.scan_block(rest)),
                     tail: true,
                 };
                 if !send(seq, msg) {
@@ -604,7 +610,7 @@ fn read_unit(
         while let Some(frame) = framer.next_frame() {
             let msg = match frame.kind {
                 FrameKind::Lines => {
-                    let result = analyzer.scan_block(&frame.data);
+                    let result = Box::new(analyzer.scan_block(&frame.data));
                     Msg::Analysed {
                         offset: frame.offset,
                         result,
@@ -635,7 +641,7 @@ fn read_unit(
     if unit.last {
         match framer.finish() {
             Some(Tail::Fragment { offset, data }) => {
-                let result = analyzer.scan_block(&data);
+                let result = Box::new(analyzer.scan_block(&data));
                 put(
                     &mut seq,
                     Msg::Analysed {
@@ -692,7 +698,7 @@ fn collect(
                     result,
                     tail,
                 } => {
-                    judge.block(p, offset, result, tail, &mut |f| {
+                    judge.block(p, offset, *result, tail, &mut |f| {
                         if write_err.is_none() {
                             if let Err(e) = emit(&f) {
                                 write_err = Some(e);
@@ -713,9 +719,22 @@ fn collect(
                     current += 1;
                     ahead.current.store(current, Ordering::Release);
                     // The next range of the same input carries on its line count.
-                    if let Some(u) = units.get(current) {
-                        if u.input != units[current - 1].input {
-                            pos = Some(stream_pos(&inputs[u.input]));
+                    let next_input = units.get(current).map(|u| u.input);
+                    if next_input != Some(units[current - 1].input) {
+                        // An input's findings all come before the next
+                        // input's: its requests still waiting got no
+                        // response in it.
+                        judge.release_held(false, &mut |f| {
+                            if write_err.is_none() {
+                                if let Err(e) = emit(&f) {
+                                    write_err = Some(e);
+                                }
+                            }
+                        });
+                    }
+                    if let Some(u) = next_input {
+                        if u != units[current - 1].input {
+                            pos = Some(stream_pos(&inputs[u]));
                         }
                     }
                 }
@@ -739,6 +758,17 @@ fn collect(
             );
             let _ = io::stderr().flush();
         }
+    }
+    // The log ended: requests still waiting got no response in it.
+    judge.release_held(false, &mut |f| {
+        if write_err.is_none() {
+            if let Err(e) = emit(&f) {
+                write_err = Some(e);
+            }
+        }
+    });
+    if let Some(e) = write_err.take() {
+        return Err(e);
     }
     if progress {
         eprint!("\r\x1b[2K");

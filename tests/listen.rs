@@ -490,3 +490,65 @@ fn verify_reports_an_intact_archive() {
         "{text}"
     );
 }
+
+/// Findings of `rule` written so far (the listener is still running).
+fn findings_now(l: &Listener, rule: &str) -> Vec<Value> {
+    std::fs::read_to_string(l.dir.path().join("findings.json"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|f| f["rule"] == rule)
+        .collect()
+}
+
+fn wait_findings(l: &Listener, rule: &str, n: usize, limit: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let f = findings_now(l, rule);
+        if f.len() >= n || Instant::now() > deadline {
+            return f;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn request_findings_wait_for_their_response_and_never_for_ever() {
+    let mut l = Listener::start(&["--tcp", "127.0.0.1:0", "--correlate-wait", "1s"]);
+    let data = scenarios();
+    let lines: Vec<&[u8]> = data.split_inclusive(|b| *b == b'\n').collect();
+    // scenarios.log lines 10 and 11: a policy write's request and response.
+    let (request, response) = (lines[9], lines[10]);
+    let mut s = TcpStream::connect(l.addr("tcp")).unwrap();
+    s.write_all(request).unwrap();
+    s.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    const RULE: &str = "privileged.policy_change";
+    assert!(findings_now(&l, RULE).is_empty(), "held for its response");
+    s.write_all(response).unwrap();
+    let got = wait_findings(&l, RULE, 1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1, "one finding for the pair: {got:?}");
+    assert_eq!(got[0]["type"], "response");
+    assert_eq!(got[0]["source"]["line"], 2);
+    assert_eq!(got[0]["detail"]["request"]["line"], 1);
+    assert_eq!(got[0]["detail"]["outcome"], "succeeded");
+
+    // A request whose response never comes is reported after the wait,
+    // on the wall clock, while the stream stays quiet.
+    s.write_all(request).unwrap();
+    let sent = Instant::now();
+    let got = wait_findings(&l, RULE, 2, Duration::from_secs(10));
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(sent.elapsed() >= Duration::from_millis(900));
+    assert_eq!(got[1]["type"], "request");
+    assert_eq!(got[1]["detail"]["outcome"], "no_response");
+    assert!(got[1]["detail"]["response"].is_null());
+    drop(s);
+    let (code, stats, findings, _) = l.stop();
+    assert_eq!(code, 0);
+    let held: Vec<&Value> = findings.iter().filter(|f| f["rule"] == RULE).collect();
+    assert_eq!(held.len(), 2);
+    assert_eq!(stats["correlation"]["held"], 2);
+    assert_eq!(stats["correlation"]["merged"], 1);
+    assert_eq!(stats["correlation"]["no_response"], 1);
+}

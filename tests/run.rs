@@ -8,210 +8,75 @@
 //!   on the socket device and tails the file device, with a file sink and a webhook sink.
 //!   Every event is reported once despite the two sources, to both sinks; `/metrics` counts
 //!   match what the server wrote; a SIGHUP with a broken rules file is rejected and the service
-//!   keeps running (and reporting). Needs `bao` (see tests/listen_e2e.rs): skipped without it
+//!   keeps running (and reporting). Needs `bao` (see tests/support/mod.rs): skipped without it
 //!   unless `CI` is set.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+mod support;
+use support::{
+    event_keys, openbao_test, replay, run_timeout, s, AuditDevice, BaoTest, EventKey, Lines, Proc,
+    SharedLines, START_TIMEOUT, STOP_TIMEOUT,
+};
+
 const WAIT: Duration = Duration::from_secs(30);
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_auditwatch")
 }
 
-// ------------------------------------------------------------------ processes
+/// `auditwatch run -c CFG` in `dir`, once ready ([`start_service`]).
+fn start_with_config(name: &'static str, dir: &Path, cfg: &Path) -> (Proc, Lines, String, String) {
+    start_service(name, dir, "-c", cfg, &[], &SharedLines::default())
+}
 
-/// A child killed (SIGKILL) and reaped when dropped.
-struct Proc {
+/// Starts `auditwatch run CONFIG_FLAG CFG` in `dir` with `env` added, stdout discarded and
+/// stderr kept in `stderr_keep`; waits until it printed its first listener's address, its
+/// metrics address and `ready`. Returns the process, its stderr and the two addresses.
+fn start_service(
     name: &'static str,
-    child: Child,
-    status: Option<ExitStatus>,
-}
-
-impl Proc {
-    fn new(name: &'static str, child: Child) -> Proc {
-        Proc {
-            name,
-            child,
-            status: None,
-        }
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        if self.status.is_none() {
-            // SAFETY: kill(2) on our own, not yet reaped child.
-            unsafe {
-                libc::kill(self.child.id() as libc::pid_t, sig);
-            }
-        }
-    }
-
-    fn try_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().expect("try_wait");
-        }
-        self.status
-    }
-
-    fn wait_timeout(&mut self, t: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + t;
-        loop {
-            if let Some(s) = self.try_status() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if self.try_status().is_none() {
-            let _ = self.child.kill();
-            self.status = self.child.wait().ok();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.try_status().is_none() {
-            eprintln!("run test: killing {}", self.name);
-            self.kill();
-        }
-    }
-}
-
-/// A child's pipe, read line by line on a thread (kept, and sent on a channel).
-struct Lines {
-    all: Arc<Mutex<Vec<String>>>,
-    rx: Receiver<String>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Lines {
-    fn spawn(pipe: impl Read + Send + 'static) -> Lines {
-        let all = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let keep = Arc::clone(&all);
-        let thread = std::thread::spawn(move || {
-            let mut r = BufReader::new(pipe);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
-                        keep.lock().unwrap().push(line.clone());
-                        let _ = tx.send(line);
-                    }
-                }
-            }
-        });
-        Lines {
-            all,
-            rx,
-            thread: Some(thread),
-        }
-    }
-
-    fn snapshot(&self) -> Vec<String> {
-        self.all.lock().unwrap().clone()
-    }
-
-    /// Waits for a line containing `needle`; returns it.
-    fn wait_for(&self, needle: &str, t: Duration) -> String {
-        let deadline = Instant::now() + t;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(l) if l.contains(needle) => return l,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "no line with {needle:?} within {t:?}; so far:\n{}",
-                    self.snapshot().join("\n")
-                ),
-            }
-        }
-    }
-
-    fn join(&mut self, t: Duration) {
-        let deadline = Instant::now() + t;
-        while let Some(h) = &self.thread {
-            if h.is_finished() {
-                let _ = self.thread.take().unwrap().join();
-                return;
-            }
-            assert!(Instant::now() < deadline, "pipe not closed within {t:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-struct Out {
-    ok: bool,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn run_timeout(mut cmd: Command, stdin: Option<&[u8]>, what: &str) -> Out {
-    let mut child = cmd
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    if let Some(input) = stdin {
-        let mut w = child.stdin.take().unwrap();
-        let input = input.to_vec();
-        std::thread::spawn(move || {
-            let _ = w.write_all(&input);
-        });
-    }
-    let mut p = Proc::new("cli", child);
-    let mut so = p.child.stdout.take().unwrap();
-    let mut se = p.child.stderr.take().unwrap();
-    let to = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = so.read_to_string(&mut s);
-        s
-    });
-    let te = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = se.read_to_string(&mut s);
-        s
-    });
-    let Some(status) = p.wait_timeout(CLI_TIMEOUT) else {
-        p.kill();
-        panic!("{what}: no exit within {CLI_TIMEOUT:?}");
-    };
-    Out {
-        ok: status.success(),
-        code: status.code(),
-        stdout: to.join().unwrap(),
-        stderr: te.join().unwrap(),
-    }
+    dir: &Path,
+    config_flag: &str,
+    cfg: &Path,
+    env: &[(&str, &str)],
+    stderr_keep: &SharedLines,
+) -> (Proc, Lines, String, String) {
+    let mut c = Command::new(bin());
+    c.current_dir(dir)
+        .arg("run")
+        .arg(config_flag)
+        .arg(cfg)
+        .env_remove("AUDITWATCH_LOG")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut proc = Proc::spawn(name, &mut c);
+    let err = Lines::spawn_into(proc.child.stderr.take().unwrap(), Arc::clone(stderr_keep));
+    let listen_line = err.wait_for("listening on tcp ", START_TIMEOUT);
+    let addr = listen_line
+        .split("tcp ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {listen_line:?}"))
+        .to_string();
+    let metrics_line = err.wait_for("metrics on http://", START_TIMEOUT);
+    let maddr = metrics_line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("metrics address")
+        .to_string();
+    err.wait_for("ready", START_TIMEOUT);
+    (proc, err, addr, maddr)
 }
 
 // ------------------------------------------------------------------ http
@@ -407,19 +272,12 @@ fn config_example_passes_config_check() {
 
 // ------------------------------------------------------------------ defaults
 
-fn port_free(p: u16) -> bool {
-    TcpListener::bind(("127.0.0.1", p)).is_ok()
-}
-
 #[test]
 fn defaults_start_the_service_and_health_answers_200() {
-    if !port_free(9090) || !port_free(9102) {
-        let msg =
-            "run test: 127.0.0.1:9090 or 127.0.0.1:9102 is in use, cannot start on the defaults";
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg} (CI is set, so this is a failure)");
-        }
-        eprintln!("{msg}: SKIPPING");
+    if !support::port_free(9090) || !support::port_free(9102) {
+        support::skip_or_fail(
+            "127.0.0.1:9090 or 127.0.0.1:9102 is in use, cannot start on the defaults",
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -430,7 +288,7 @@ fn defaults_start_the_service_and_health_answers_200() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut svc = Proc::new("auditwatch run (defaults)", c.spawn().expect("spawn"));
+    let mut svc = Proc::spawn("auditwatch run (defaults)", &mut c);
     let out = Lines::spawn(svc.child.stdout.take().unwrap());
     let mut err = Lines::spawn(svc.child.stderr.take().unwrap());
 
@@ -535,32 +393,7 @@ fn sighup_applies_a_valid_file_and_rejects_an_invalid_one() {
         a = a.display()
     );
     std::fs::write(&cfg, &base).unwrap();
-    let mut c = Command::new(bin());
-    c.current_dir(dir)
-        .arg("run")
-        .arg("-c")
-        .arg(&cfg)
-        .env_remove("AUDITWATCH_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut svc = Proc::new("auditwatch run (reload)", c.spawn().expect("spawn"));
-    let mut err = Lines::spawn(svc.child.stderr.take().unwrap());
-    let listen_line = err.wait_for("listening on tcp ", START_TIMEOUT);
-    let addr = listen_line
-        .split("tcp ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_string();
-    let metrics_line = err.wait_for("metrics on http://", START_TIMEOUT);
-    let maddr = metrics_line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap()
-        .to_string();
-    err.wait_for("ready", START_TIMEOUT);
+    let (mut svc, mut err, addr, maddr) = start_with_config("auditwatch run (reload)", dir, &cfg);
     let mut conn = TcpStream::connect(&addr).unwrap();
     writeln!(conn, "{}", raw_entry("req-0")).unwrap();
     wait_until("the first finding in sink a", WAIT, || {
@@ -664,32 +497,7 @@ fn sighup_swaps_the_rules_of_running_pipelines() {
         ),
     )
     .unwrap();
-    let mut c = Command::new(bin());
-    c.current_dir(dir)
-        .arg("run")
-        .arg("-c")
-        .arg(&cfg)
-        .env_remove("AUDITWATCH_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut svc = Proc::new("auditwatch run (rules)", c.spawn().expect("spawn"));
-    let mut err = Lines::spawn(svc.child.stderr.take().unwrap());
-    let listen_line = err.wait_for("listening on tcp ", START_TIMEOUT);
-    let addr = listen_line
-        .split("tcp ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_string();
-    let metrics_line = err.wait_for("metrics on http://", START_TIMEOUT);
-    let maddr = metrics_line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap()
-        .to_string();
-    err.wait_for("ready", START_TIMEOUT);
+    let (mut svc, mut err, addr, maddr) = start_with_config("auditwatch run (rules)", dir, &cfg);
     let mut conn = TcpStream::connect(&addr).unwrap();
     writeln!(conn, "{}", raw_entry("req-0")).unwrap();
     wait_until("the critical finding", WAIT, || {
@@ -736,132 +544,12 @@ fn sighup_swaps_the_rules_of_running_pipelines() {
 
 // ------------------------------------------------------------------ OpenBao end to end
 
-fn find_bao() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("AUDITWATCH_BAO") {
-        return Some(PathBuf::from(p));
-    }
-    let mut dirs: Vec<PathBuf> =
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
-    if let Ok(out) = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .stderr(Stdio::null())
-        .output()
-    {
-        let d = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if out.status.success() && !d.is_empty() {
-            dirs.push(PathBuf::from(d));
-        }
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".local/bin"));
-    }
-    dirs.into_iter().map(|d| d.join("bao")).find(|p| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    })
-}
-
-struct Bao {
-    bin: PathBuf,
-    addr: String,
-    home: PathBuf,
-}
-
-impl Bao {
-    fn exec(&self, token: Option<&str>, args: &[&str]) -> Out {
-        let mut c = Command::new(&self.bin);
-        clean_env(&mut c, &self.home);
-        c.env("BAO_ADDR", &self.addr);
-        if let Some(t) = token {
-            c.env("BAO_TOKEN", t);
-        }
-        c.args(args);
-        run_timeout(c, None, &format!("bao {}", args.join(" ")))
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.exec(Some("root"), args);
-        assert!(
-            out.ok,
-            "bao {} failed:\n{}{}",
-            args.join(" "),
-            out.stdout,
-            out.stderr
-        );
-        out.stdout.trim().to_owned()
-    }
-
-    fn fails_as(&self, token: Option<&str>, args: &[&str]) {
-        let out = self.exec(token, args);
-        assert!(!out.ok, "bao {} should have failed", args.join(" "));
-    }
-}
-
-fn clean_env(c: &mut Command, home: &Path) {
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("BAO_") || k.starts_with("VAULT_") {
-            c.env_remove(&k);
-        }
-    }
-    c.env("HOME", home).env("NO_COLOR", "1");
-}
-
-/// A port p on 127.0.0.1 with p and p+1 (the dev server's cluster port) free.
-fn free_port_pair() -> u16 {
-    let mut seed = std::process::id() as u64
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-    for _ in 0..500 {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let p = 20000 + ((seed >> 33) % 40000) as u16;
-        if port_free(p) && port_free(p + 1) {
-            return p;
-        }
-    }
-    panic!("no free port pair on 127.0.0.1");
-}
-
 fn json_lines(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()
-}
-
-fn s(v: &Value) -> String {
-    v.as_str().unwrap_or("").to_owned()
-}
-
-type EventKey = (String, String, String, String);
-
-/// (rule, type, request_id, path) → count; the audit devices' own probes are left out (each
-/// device writes its own, with its own request id).
-fn event_keys(f: &[Value]) -> BTreeMap<EventKey, usize> {
-    let mut out = BTreeMap::new();
-    for f in f {
-        if f["rule"] == "privileged.audit_device_probe" {
-            continue;
-        }
-        let k = (
-            s(&f["rule"]),
-            s(&f["type"]),
-            s(&f["request_id"]),
-            s(&f["path"]),
-        );
-        *out.entry(k).or_insert(0) += 1;
-    }
-    out
 }
 
 fn wait_until(what: &str, t: Duration, mut cond: impl FnMut() -> bool) {
@@ -872,44 +560,24 @@ fn wait_until(what: &str, t: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the file sink writing `findings` holds a finding of (rule, path, operation).
+fn wait_for_finding(what: &str, findings: &Path, (rule, path, operation): (&str, &str, &str)) {
+    wait_until(what, WAIT, || {
+        json_lines(findings)
+            .iter()
+            .any(|f| f["rule"] == rule && f["path"] == path && f["operation"] == operation)
+    });
+}
+
 #[test]
 fn run_with_real_openbao_socket_and_file_sources() {
-    let Some(bao_bin) = find_bao() else {
-        let msg =
-            "run test: `bao` (OpenBao 2.7.x) not found; install it with scripts/install-openbao.sh";
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg} (CI is set, so this is a failure)");
-        }
-        eprintln!("{msg}: SKIPPING");
-        return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let mut stderr_keep = Arc::new(Mutex::new(Vec::new()));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        scenario(&bao_bin, dir, &mut stderr_keep)
-    }));
-    if let Err(e) = result {
-        eprintln!("---- auditwatch run stderr ----");
-        for l in stderr_keep.lock().unwrap().iter() {
-            eprintln!("{l}");
-        }
-        if let Ok(t) = std::fs::read_to_string(dir.join("bao-server.out")) {
-            eprintln!("---- bao server output (last 40 lines) ----");
-            let lines: Vec<&str> = t.lines().collect();
-            for l in &lines[lines.len().saturating_sub(40)..] {
-                eprintln!("{l}");
-            }
-        }
-        std::panic::resume_unwind(e);
-    }
+    openbao_test(Some("auditwatch run"), scenario);
 }
 
 #[allow(clippy::too_many_lines)]
-fn scenario(bao_bin: &Path, dir: &Path, stderr_keep: &mut Arc<Mutex<Vec<String>>>) {
-    let home = dir.join("home");
+fn scenario(t: &BaoTest) {
+    let dir = t.dir;
     let rules = dir.join("rules");
-    std::fs::create_dir(&home).unwrap();
     std::fs::create_dir(&rules).unwrap();
     let file_log = dir.join("file-audit.log");
     let arch = dir.join("arch");
@@ -970,119 +638,29 @@ backoff_max = "1s"
     .unwrap();
 
     // ---------------------------------------------------------- the service
-    let mut c = Command::new(bin());
-    c.current_dir(dir)
-        .arg("run")
-        .arg("--config")
-        .arg(&cfg)
-        .env_remove("AUDITWATCH_LOG")
-        .env("AW_RUN_TEST_TOKEN", "t0ken-123")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut svc = Proc::new("auditwatch run", c.spawn().expect("spawn auditwatch run"));
-    let mut err = Lines::spawn(svc.child.stderr.take().unwrap());
-    *stderr_keep = Arc::clone(&err.all);
-    let listen_line = err.wait_for("listening on tcp ", START_TIMEOUT);
-    let port: u16 = listen_line
+    let (mut svc, mut err, addr, maddr) = start_service(
+        "auditwatch run",
+        dir,
+        "--config",
+        &cfg,
+        &[("AW_RUN_TEST_TOKEN", "t0ken-123")],
+        t.stderr,
+    );
+    let port: u16 = addr
         .rsplit("127.0.0.1:")
         .next()
-        .and_then(|r| r.split_whitespace().next())
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {listen_line:?}"));
-    let metrics_line = err.wait_for("metrics on http://", START_TIMEOUT);
-    let maddr = metrics_line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .expect("metrics address")
-        .to_string();
-    err.wait_for("ready", START_TIMEOUT);
+        .unwrap_or_else(|| panic!("no port in {addr:?}"));
 
     // ---------------------------------------------------------- the server
-    let bao_port = free_port_pair();
-    let hcl = dir.join("bao.hcl");
-    std::fs::write(
-        &hcl,
-        format!(
-            r#"audit "file" "file-audit" {{
-  options {{
-    file_path = {file:?}
-  }}
-}}
-audit "socket" "sock-audit" {{
-  options {{
-    address     = "127.0.0.1:{port}"
-    socket_type = "tcp"
-  }}
-}}
-"#,
-            file = file_log.to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let server_out_path = dir.join("bao-server.out");
-    let server_out = File::create(&server_out_path).unwrap();
-    let mut c = Command::new(bao_bin);
-    clean_env(&mut c, &home);
-    c.arg("server")
-        .arg("-dev")
-        .arg("-dev-root-token-id=root")
-        .arg("-dev-no-store-token")
-        .arg(format!("-dev-listen-address=127.0.0.1:{bao_port}"))
-        .arg(format!("-config={}", hcl.display()))
-        .stdin(Stdio::null())
-        .stdout(server_out.try_clone().unwrap())
-        .stderr(server_out);
-    let mut server = Proc::new("bao server", c.spawn().expect("spawn bao server"));
-    let bao = Bao {
-        bin: bao_bin.to_owned(),
-        addr: format!("http://127.0.0.1:{bao_port}"),
-        home: home.clone(),
-    };
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Some(st) = server.try_status() {
-            panic!("bao server exited during startup: {st}");
-        }
-        let out = std::fs::read_to_string(&server_out_path).unwrap_or_default();
-        if out.contains("Unseal Key:") && bao.exec(None, &["status"]).ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "bao server not ready");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut server = t.start_server(AuditDevice::file_and_socket(&file_log, port));
+    let bao = server.bao().clone();
 
     // ---------------------------------------------------------- events, part 1
-    bao.ok(&["auth", "enable", "userpass"]);
-    bao.ok(&[
-        "write",
-        "auth/userpass/users/alice",
-        "password=alice-pass-1",
-        "token_policies=default",
-    ]);
-    let ok_login = bao.exec(
-        None,
-        &[
-            "login",
-            "-no-store",
-            "-method=userpass",
-            "username=alice",
-            "password=alice-pass-1",
-        ],
-    );
-    assert!(ok_login.ok, "{}", ok_login.stderr);
+    bao.userpass_users(&[("alice", "alice-pass-1")]);
+    bao.login_ok("alice", "alice-pass-1");
     for pass in ["wrong-1", "wrong-2"] {
-        bao.fails_as(
-            None,
-            &[
-                "login",
-                "-no-store",
-                "-method=userpass",
-                "username=bob",
-                &format!("password={pass}"),
-            ],
-        );
+        bao.login_fails("bob", pass);
     }
     let root1 = bao.ok(&["token", "create", "-policy=root", "-field=token"]);
     assert!(!root1.is_empty());
@@ -1094,13 +672,15 @@ audit "socket" "sock-audit" {{
     .unwrap();
     bao.ok(&["policy", "write", "app-read", policy.to_str().unwrap()]);
     bao.ok(&["policy", "delete", "app-read"]);
-    wait_until("the policy delete in the file sink", WAIT, || {
-        json_lines(&findings_path).iter().any(|f| {
-            f["rule"] == "privileged.policy_change"
-                && f["path"] == "sys/policies/acl/app-read"
-                && f["operation"] == "delete"
-        })
-    });
+    wait_for_finding(
+        "the policy delete in the file sink",
+        &findings_path,
+        (
+            "privileged.policy_change",
+            "sys/policies/acl/app-read",
+            "delete",
+        ),
+    );
     let (status, body) = http_get(&maddr, "/health").unwrap();
     assert_eq!(status, 200, "/health while running: {body}");
 
@@ -1135,19 +715,14 @@ audit "socket" "sock-audit" {{
     // ---------------------------------------------------------- events, part 2: still reporting
     bao.ok(&["secrets", "enable", "-path=kv2", "kv-v2"]);
     bao.ok(&["secrets", "disable", "kv2"]);
-    wait_until("the mount disable in the file sink", WAIT, || {
-        json_lines(&findings_path).iter().any(|f| {
-            f["rule"] == "privileged.mount_change"
-                && f["path"] == "sys/mounts/kv2"
-                && f["operation"] == "delete"
-        })
-    });
+    wait_for_finding(
+        "the mount disable in the file sink",
+        &findings_path,
+        ("privileged.mount_change", "sys/mounts/kv2", "delete"),
+    );
 
     // ---------------------------------------------------------- stop the server
-    server.signal(libc::SIGINT);
-    if server.wait_timeout(STOP_TIMEOUT).is_none() {
-        server.kill();
-    }
+    server.stop();
     let file_lines = std::fs::read_to_string(&file_log).unwrap().lines().count() as f64;
     let file_bytes = std::fs::metadata(&file_log).unwrap().len() as f64;
     let mut metrics = BTreeMap::new();
@@ -1224,19 +799,7 @@ audit "socket" "sock-audit" {{
         .count();
     assert_eq!(probes, 2, "one probe per audit device");
     // the same events as replay of the file device's log
-    let mut c = Command::new(bin());
-    c.current_dir(dir)
-        .arg("replay")
-        .arg("--quiet")
-        .arg(&file_log);
-    let replay = run_timeout(c, None, "auditwatch replay");
-    assert!(replay.ok, "{}", replay.stderr);
-    let replayed: Vec<Value> = replay
-        .stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (replayed, _) = replay(dir, &[&file_log]);
     let want: BTreeMap<EventKey, usize> = event_keys(&replayed);
     assert_eq!(
         keys.keys().collect::<Vec<_>>(),

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,6 +94,50 @@ fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Emits `high(tag, i)` for i in 0..n.
+fn emit_high(sinks: &Sinks, tag: &str, n: u64) {
+    for i in 0..n {
+        sinks.emit(&high(tag, i));
+    }
+}
+
+/// Waits (20 s at most) until sink `name` has delivered `n` findings.
+fn wait_delivered(sinks: &Sinks, name: &str, n: u64) {
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{n} deliveries by {name}"),
+        || stat(sinks, name).delivered == n,
+    );
+}
+
+/// A `[[sinks]]` table: webhook sink `name` posting to `url`, its spool in `spool`, with more
+/// `settings` (TOML `key = value` lines).
+fn webhook(name: &str, url: &str, spool: &Path, settings: &str) -> String {
+    format!(
+        "[[sinks]]\nname = \"{name}\"\ntype = \"webhook\"\nurl = \"{url}\"\n\
+         spool_dir = \"{}\"\n{settings}\n",
+        spool.display()
+    )
+}
+
+/// A receiver checking signatures with `key` (if any), and sinks with one webhook sink `name`
+/// posting to it with `settings`, spooling in a new temporary directory (returned to be kept).
+fn webhook_to_receiver(
+    name: &str,
+    key: Option<&[u8]>,
+    settings: &str,
+) -> (HttpServer, tempfile::TempDir, Sinks) {
+    let server = HttpServer::start(key);
+    let tmp = tempfile::tempdir().unwrap();
+    let sinks = start(&webhook(
+        name,
+        &server.url(),
+        &tmp.path().join("spool"),
+        settings,
+    ));
+    (server, tmp, sinks)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -158,6 +202,11 @@ struct HttpServer {
 impl HttpServer {
     fn start(key: Option<&[u8]>) -> HttpServer {
         Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), key)
+    }
+
+    /// On 127.0.0.1:`port` (free again after a test used it as a dead address).
+    fn start_at(port: u16, key: Option<&[u8]>) -> HttpServer {
+        Self::start_on(TcpListener::bind(("127.0.0.1", port)).unwrap(), key)
     }
 
     fn start_on(listener: TcpListener, key: Option<&[u8]>) -> HttpServer {
@@ -327,28 +376,15 @@ fn webhook_single_signed_with_secret_env_and_headers() {
         return;
     }
     std::env::set_var("AUDITWATCH_TEST_HOOK_SECRET", "s3cr3t-key");
-    let server = HttpServer::start(Some(b"s3cr3t-key"));
-    let tmp = tempfile::tempdir().unwrap();
-    let sinks = start(&format!(
-        r#"
-        [[sinks]]
-        name = "hook"
-        type = "webhook"
-        url = "{}"
-        secret_env = "AUDITWATCH_TEST_HOOK_SECRET"
-        headers = {{ Authorization = "Bearer t0k", X-Team = "sec" }}
-        spool_dir = "{}"
-        "#,
-        server.url(),
-        tmp.path().join("spool").display()
-    ));
+    let (server, _tmp, sinks) = webhook_to_receiver(
+        "hook",
+        Some(b"s3cr3t-key"),
+        r#"secret_env = "AUDITWATCH_TEST_HOOK_SECRET"
+        headers = { Authorization = "Bearer t0k", X-Team = "sec" }"#,
+    );
     let n = 20;
-    for i in 0..n {
-        sinks.emit(&high("single", i));
-    }
-    wait_until(Duration::from_secs(20), "delivery", || {
-        stat(&sinks, "hook").delivered == n
-    });
+    emit_high(&sinks, "single", n);
+    wait_delivered(&sinks, "hook", n);
     let stats = sinks.shutdown(Duration::from_secs(5));
     assert_eq!(stats[0].delivered, n);
     assert_eq!(stats[0].dropped, 0);
@@ -395,29 +431,16 @@ fn webhook_missing_secret_env_fails_at_start() {
 
 #[test]
 fn webhook_batches_generic_template() {
-    let server = HttpServer::start(Some(b"k"));
-    let tmp = tempfile::tempdir().unwrap();
-    let sinks = start(&format!(
-        r#"
-        [[sinks]]
-        name = "batched"
-        type = "webhook"
-        url = "{}"
-        secret = "k"
+    let (server, _tmp, sinks) = webhook_to_receiver(
+        "batched",
+        Some(b"k"),
+        r#"secret = "k"
         batch_max = 10
-        batch_wait = "300ms"
-        spool_dir = "{}"
-        "#,
-        server.url(),
-        tmp.path().join("spool").display()
-    ));
+        batch_wait = "300ms""#,
+    );
     let n = 35;
-    for i in 0..n {
-        sinks.emit(&high("batch", i));
-    }
-    wait_until(Duration::from_secs(20), "delivery", || {
-        stat(&sinks, "batched").delivered == n
-    });
+    emit_high(&sinks, "batch", n);
+    wait_delivered(&sinks, "batched", n);
     sinks.shutdown(Duration::from_secs(5));
     let reqs = server.requests();
     assert!(reqs.len() <= 8, "batched: {} requests", reqs.len());
@@ -437,26 +460,12 @@ fn webhook_batches_generic_template() {
 fn webhook_slack_template_is_json_with_text() {
     let server = HttpServer::start(None);
     let tmp = tempfile::tempdir().unwrap();
+    let (url, dir) = (server.url(), tmp.path());
+    let batched = "template = \"slack\"\nbatch_max = 5\nbatch_wait = \"200ms\"";
     let sinks = start(&format!(
-        r#"
-        [[sinks]]
-        name = "slack"
-        type = "webhook"
-        url = "{url}"
-        template = "slack"
-        spool_dir = "{dir}/a"
-
-        [[sinks]]
-        name = "slack-batched"
-        type = "webhook"
-        url = "{url}"
-        template = "slack"
-        batch_max = 5
-        batch_wait = "200ms"
-        spool_dir = "{dir}/b"
-        "#,
-        url = server.url(),
-        dir = tmp.path().display()
+        "{}{}",
+        webhook("slack", &url, &dir.join("a"), "template = \"slack\""),
+        webhook("slack-batched", &url, &dir.join("b"), batched)
     ));
     let mut f = finding(
         "slack",
@@ -516,9 +525,7 @@ fn webhook_permanent_rejection_is_dropped_not_retried_forever() {
         "#,
         server.url()
     ));
-    for i in 0..3 {
-        sinks.emit(&high("rej", i));
-    }
+    emit_high(&sinks, "rej", 3);
     wait_until(Duration::from_secs(10), "rejections", || {
         stat(&sinks, "hook").dropped == 3
     });
@@ -618,7 +625,7 @@ fn webhook_outage_spools_then_recovers_without_slowing_local_sink() {
     );
 
     // 2. The receiver is back but overloaded: 503, Retry-After: 1.
-    let server = HttpServer::start_on(TcpListener::bind(("127.0.0.1", port)).unwrap(), Some(key));
+    let server = HttpServer::start_at(port, Some(key));
     server.set(Answer::Status(503, Some(1)));
     emit_for(&sinks, Duration::from_millis(2500), &mut produced);
     let unavailable: Vec<Instant> = server
@@ -702,21 +709,15 @@ fn webhook_hanging_receiver_times_out() {
     // Connections complete in the kernel's backlog; nobody ever reads or answers.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let sinks = start(&format!(
-        r#"
-        [[sinks]]
-        name = "hook"
-        type = "webhook"
-        url = "http://{}/hook"
-        timeout = "300ms"
+    let sinks = start(&webhook(
+        "hook",
+        &format!("http://{}/hook", silent.local_addr().unwrap()),
+        &tmp.path().join("spool"),
+        r#"timeout = "300ms"
         backoff_initial = "10ms"
         backoff_max = "20ms"
         queue_max = 20
-        spool_dir = "{}"
-        spool_max_bytes = "16KiB"
-        "#,
-        silent.local_addr().unwrap(),
-        tmp.path().join("spool").display()
+        spool_max_bytes = "16KiB""#,
     ));
     let mut worst = Duration::ZERO;
     let end = Instant::now() + Duration::from_millis(1500);
@@ -753,22 +754,15 @@ fn webhook_hanging_receiver_times_out() {
 fn webhook_spool_survives_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = format!(
-        r#"
-        [[sinks]]
-        name = "hook"
-        type = "webhook"
-        url = "http://127.0.0.1:{port}/hook"
-        spool_dir = "{}"
-        backoff_initial = "50ms"
-        backoff_max = "200ms"
-        "#,
-        tmp.path().join("spool").display()
+    let cfg = webhook(
+        "hook",
+        &format!("http://127.0.0.1:{port}/hook"),
+        &tmp.path().join("spool"),
+        r#"backoff_initial = "50ms"
+        backoff_max = "200ms""#,
     );
     let sinks = start(&cfg);
-    for i in 0..30 {
-        sinks.emit(&high("restart", i));
-    }
+    emit_high(&sinks, "restart", 30);
     std::thread::sleep(Duration::from_millis(200));
     let s = sinks.shutdown(Duration::from_millis(800));
     assert_eq!(s[0].delivered, 0);
@@ -779,12 +773,10 @@ fn webhook_spool_survives_restart() {
         assert_eq!(md.mode() & 0o777, 0o600);
     }
 
-    let server = HttpServer::start_on(TcpListener::bind(("127.0.0.1", port)).unwrap(), None);
+    let server = HttpServer::start_at(port, None);
     let sinks = start(&cfg);
     assert_eq!(stat(&sinks, "hook").recovered, 30);
-    wait_until(Duration::from_secs(20), "the spool to drain", || {
-        stat(&sinks, "hook").delivered == 30
-    });
+    wait_delivered(&sinks, "hook", 30);
     let s = sinks.shutdown(Duration::from_secs(2));
     assert_eq!(s[0].spool_pending, 0);
     let ids: HashSet<_> = server.delivered_ids().into_iter().collect();
@@ -893,6 +885,28 @@ fn read_frames(conn: impl Read, want: usize) -> Vec<Vec<u8>> {
     out
 }
 
+/// A syslog receiver on a unix datagram socket at `path` (like /dev/log), with a 10 s read
+/// timeout.
+fn dev_log_receiver(path: &Path) -> UnixDatagram {
+    let rx = UnixDatagram::bind(path).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    rx
+}
+
+/// A syslog receiver on a stream socket: on a thread, accepts one connection (`accept`), gives
+/// it a 10 s read timeout (`set_read_timeout`) and reads `n` octet-counted frames from it.
+fn frames_receiver<C: Read + 'static>(
+    n: u64,
+    accept: impl FnOnce() -> C + Send + 'static,
+    set_read_timeout: fn(&C, Option<Duration>) -> std::io::Result<()>,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    std::thread::spawn(move || {
+        let conn = accept();
+        set_read_timeout(&conn, Some(Duration::from_secs(10))).unwrap();
+        read_frames(conn, n as usize)
+    })
+}
+
 #[test]
 fn syslog_tcp_octet_counting_with_large_messages() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -910,12 +924,11 @@ fn syslog_tcp_octet_counting_with_large_messages() {
         tmp.path().join("spool").display()
     ));
     let n = 12u64;
-    let reader = std::thread::spawn(move || {
-        let (conn, _) = listener.accept().unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        read_frames(conn, n as usize)
-    });
+    let reader = frames_receiver(
+        n,
+        move || listener.accept().unwrap().0,
+        TcpStream::set_read_timeout,
+    );
     for i in 0..n {
         let mut f = mixed("tcp", i);
         // Large: far beyond a datagram, with newlines and non-ASCII inside.
@@ -949,10 +962,7 @@ fn syslog_unix_datagram_and_stream() {
     let tmp = tempfile::tempdir().unwrap();
     let dgram_path = tmp.path().join("log.sock");
     let stream_path = tmp.path().join("stream.sock");
-    let dgram = UnixDatagram::bind(&dgram_path).unwrap();
-    dgram
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let dgram = dev_log_receiver(&dgram_path);
     let listener = UnixListener::bind(&stream_path).unwrap();
     let sinks = start(&format!(
         r#"
@@ -977,12 +987,11 @@ fn syslog_unix_datagram_and_stream() {
         dir = tmp.path().display()
     ));
     let n = 10u64;
-    let reader = std::thread::spawn(move || {
-        let (conn, _) = listener.accept().unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        read_frames(conn, n as usize)
-    });
+    let reader = frames_receiver(
+        n,
+        move || listener.accept().unwrap().0,
+        UnixStream::set_read_timeout,
+    );
     for i in 0..n {
         sinks.emit(&mixed("unix", i));
     }
@@ -1022,15 +1031,12 @@ fn syslog_unix_datagram_waits_for_the_daemon() {
         path.display(),
         tmp.path().join("spool").display()
     ));
-    for i in 0..5 {
-        sinks.emit(&high("later", i));
-    }
+    emit_high(&sinks, "later", 5);
     wait_until(Duration::from_secs(5), "failures", || {
         stat(&sinks, "dev-log").failed_attempts >= 3
     });
     assert!(!sinks.health()[0].healthy);
-    let rx = UnixDatagram::bind(&path).unwrap();
-    rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let rx = dev_log_receiver(&path);
     let mut buf = vec![0u8; 65536];
     let mut ids = HashSet::new();
     while ids.len() < 5 {
@@ -1152,9 +1158,7 @@ fn file_sink_is_0600_under_umask_000() {
         "#,
         dir.join("findings.jsonl").display()
     ));
-    for i in 0..10 {
-        sinks.emit(&high("mode", i));
-    }
+    emit_high(&sinks, "mode", 10);
     sinks.shutdown(Duration::from_secs(5));
     // Probe: without our care, a file made now would be 0666.
     let probe = tmp.path().join("probe");
@@ -1204,9 +1208,7 @@ fn file_sink_rotates_and_keeps_n() {
         "#,
         path.display()
     ));
-    for i in 0..n {
-        sinks.emit(&high("rot", i));
-    }
+    emit_high(&sinks, "rot", n);
     let s = sinks.shutdown(Duration::from_secs(5));
     assert_eq!(s[0].delivered, n);
     let read = |p: &Path| -> Vec<u64> {

@@ -215,7 +215,13 @@ impl Emitted {
                 source,
                 block,
                 offset,
+                lines,
             } => {
+                assert_eq!(
+                    lines,
+                    block.iter().filter(|b| **b == b'\n').count() as u64,
+                    "the line count handed on"
+                );
                 let before = self.lines.entry(source.id).or_insert(0);
                 let mut at = offset;
                 for l in block.split_inclusive(|b| *b == b'\n') {

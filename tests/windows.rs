@@ -157,53 +157,95 @@ fn password_spray_needs_distinct_users() {
     assert!(fired(&replay(&same), "brute_force.password_spray").is_empty());
 }
 
-/// The built-in pack with `brute_force.success_after_failures` turned on
-/// (it is off by default) in a `--patterns` directory.
-fn with_success_rule() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let pack = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("patterns/windows.toml"),
-    )
-    .unwrap();
-    let start = pack
-        .find("id = \"brute_force.success_after_failures\"")
-        .unwrap();
-    let rule_start = pack[..start].rfind("[[rule]]").unwrap();
-    let rule_end = pack[start..]
-        .find("\n[[rule]]")
-        .map_or(pack.len(), |i| start + i);
-    let rule = pack[rule_start..rule_end].replace("enabled = false", "enabled = true");
-    std::fs::write(dir.path().join("on.toml"), rule).unwrap();
-    dir
-}
-
 #[test]
 fn success_after_failures_fires_on_the_success() {
-    let patterns = with_success_rule();
-    let p = patterns.path().to_str().unwrap().to_owned();
-    let replay = |lines: &[String]| replay_with(lines, &["--patterns", &p]);
-    // Off by default.
+    const RULE: &str = "brute_force.success_after_failures";
     let fail = wrong_password();
     let ok = capture_line("01-userpass", "login_ok", 1);
+    // Its trigger is lazy: the successful login is parsed only because its
+    // address has failures. `--strict` parses every line (the trigger then
+    // judged at once): both must agree.
+    let both = |lines: &[String]| {
+        let lazy = replay(lines);
+        let strict = replay_with(lines, &["--strict"]);
+        // (Each run writes the lines to its own temporary file.)
+        let names = |v: &[Value]| {
+            let mut v = v.to_vec();
+            v.iter_mut().for_each(same_file_name);
+            v
+        };
+        assert_eq!(names(&lazy), names(&strict), "lazy and strict differ");
+        lazy
+    };
     let mut lines: Vec<String> = (0..5).map(|i| at(&fail, i as f64 * 10.0)).collect();
     lines.push(at(&ok, 120.0));
-    assert!(fired(
-        &replay_with(&lines, &[]),
-        "brute_force.success_after_failures"
-    )
-    .is_empty());
-    let f = replay(&lines);
-    let hits = fired(&f, "brute_force.success_after_failures");
+    let f = both(&lines);
+    let hits = fired(&f, RULE);
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0]["source"]["line"], 6);
     assert_eq!(hits[0]["detail"]["window"]["count"], 5);
     // Four failures, or a success long after, stay quiet.
     let mut four: Vec<String> = (0..4).map(|i| at(&fail, i as f64 * 10.0)).collect();
     four.push(at(&ok, 60.0));
-    assert!(fired(&replay(&four), "brute_force.success_after_failures").is_empty());
+    assert!(fired(&both(&four), RULE).is_empty());
     let mut late: Vec<String> = (0..5).map(|i| at(&fail, i as f64)).collect();
     late.push(at(&ok, 20.0 * 60.0));
-    assert!(fired(&replay(&late), "brute_force.success_after_failures").is_empty());
+    assert!(fired(&both(&late), RULE).is_empty());
+    // The success from another address (rewritten) stays quiet.
+    let mut other = lines.clone();
+    other[5] = other[5].replace(
+        "\"remote_address\":\"127.0.0.1\"",
+        "\"remote_address\":\"192.0.2.9\"",
+    );
+    assert_ne!(other[5], lines[5]);
+    assert!(fired(&both(&other), RULE).is_empty());
+}
+
+/// Every string ending in `/w.log` (the temporary input) becomes `w.log`.
+fn same_file_name(v: &mut Value) {
+    match v {
+        Value::String(s) if s.ends_with("/w.log") => *s = "w.log".into(),
+        Value::Array(a) => a.iter_mut().for_each(same_file_name),
+        Value::Object(o) => o.values_mut().for_each(same_file_name),
+        _ => {}
+    }
+}
+
+#[test]
+fn lazy_triggers_parse_only_lines_whose_key_has_state() {
+    // 50 successful logins from an address that never failed, then 5
+    // failures and one success from 127.0.0.1: only that success is parsed
+    // by the judge (successes are not prefilter candidates of any rule).
+    let fail = wrong_password();
+    let ok = capture_line("01-userpass", "login_ok", 1);
+    let mut lines: Vec<String> = (0..50)
+        .map(|i| {
+            at(&ok, i as f64).replace(
+                "\"remote_address\":\"127.0.0.1\"",
+                "\"remote_address\":\"192.0.2.1\"",
+            )
+        })
+        .collect();
+    lines.extend((0..5).map(|i| at(&fail, 60.0 + i as f64)));
+    lines.push(at(&ok, 70.0));
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("w.log");
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    let stats = dir.path().join("s.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+        .args(["replay", "-q", "--stats-json"])
+        .arg(&stats)
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(s["lazy_trigger_lines"], 51);
+    assert_eq!(s["lazy_trigger_parsed"], 1);
+    assert_eq!(
+        s["findings_by_rule"]["brute_force.success_after_failures"],
+        1
+    );
 }
 
 #[test]
@@ -335,7 +377,8 @@ fn disable_and_only_select_rules_and_typos_are_errors() {
         [
             "brute_force.address",
             "brute_force.password_spray",
-            "brute_force.distributed"
+            "brute_force.distributed",
+            "brute_force.success_after_failures"
         ]
     );
     let out = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
@@ -444,4 +487,40 @@ all = [
             "{err}"
         );
     }
+}
+
+#[test]
+fn audit_device_change_then_plugin_by_the_same_token_fires_within_the_hour() {
+    // Real responses (root token): `bao audit enable` (refused) and the
+    // registration of a plugin in the catalog (failed: no plugin directory).
+    let audit = capture_line("13-sys-privileged", "audit_enable_refused", 1);
+    let plugin = capture_line("13-sys-privileged", "plugin_catalog", 5);
+    const RULE: &str = "audit.device_then_plugin";
+    let f = replay(&[at(&audit, 0.0), at(&plugin, 50.0 * 60.0)]);
+    let hits = fired(&f, RULE);
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        hits[0]["source"]["line"], 2,
+        "reported on the plugin registration"
+    );
+    assert_eq!(hits[0]["path"], "sys/plugins/catalog/secret/evil");
+    assert_eq!(hits[0]["detail"]["window"]["first"]["line"], 1);
+
+    // The plugin first, then the audit change: not the sequence.
+    assert!(fired(&replay(&[at(&plugin, 0.0), at(&audit, 60.0)]), RULE).is_empty());
+    // A plugin registered alone.
+    assert!(fired(&replay(&[at(&plugin, 0.0)]), RULE).is_empty());
+    // More than an hour apart (time rewritten to the next day).
+    let next_day = at(&plugin, 0.0).replace("2026-11-25T10:", "2026-11-26T10:");
+    assert!(fired(&replay(&[at(&audit, 0.0), next_day]), RULE).is_empty());
+    // Another token (accessor rewritten) registering the plugin.
+    let accessor = |l: &str| {
+        let v: Value = serde_json::from_str(l).unwrap();
+        v["auth"]["accessor"].as_str().unwrap().to_owned()
+    };
+    let other = at(&plugin, 60.0).replace(
+        &accessor(&plugin),
+        "hmac-sha256:0000000000000000000000000000000000000000000000000000000000000000",
+    );
+    assert!(fired(&replay(&[at(&audit, 0.0), other]), RULE).is_empty());
 }

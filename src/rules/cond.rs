@@ -1,15 +1,22 @@
 //! Conditions: how a rule tests an entry, and which literals a line must
 //! contain for a condition to hold (for the prefilter).
+//!
+//! `in_watchlist` tests ([`WatchTest`]) compare values with the watch lists of
+//! the audit device that wrote the entry; they are false until lists are bound
+//! ([`Cond::bind_watchlists`]), and their literals are the listed hashes.
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::Regex;
 use serde::Deserialize;
 
 use super::field::Field;
-use super::prefilter::ARRAY_ELEMENT;
-use crate::parse::{array_any_str, object_get, AuditEntry, Value};
+use super::prefilter::{ARRAY_ELEMENT, VERBATIM};
+use crate::parse::{array_any_str, object_get, path_string, walk_strings, AuditEntry, Value};
+use crate::watchlist::{self, DeviceLists, WatchList};
 
 /// A string or a list of strings in a rule file.
 #[derive(Debug, Clone, Deserialize)]
@@ -60,17 +67,178 @@ pub struct CondDef {
     pub gte: Option<f64>,
     pub lt: Option<f64>,
     pub lte: Option<f64>,
+    /// Watch-list names (`"*"`: every list of the device, `"!name"`: except that one).
+    pub in_watchlist: Option<OneOrMany>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Cond {
     All(Vec<Cond>),
     Any(Vec<Cond>),
     Not(Box<Cond>),
-    Leaf { field: Field, test: Test },
+    Leaf {
+        field: Field,
+        test: Test,
+    },
+    /// `in_watchlist`: a string value equals a value of a watch list of the entry's device.
+    Watch(Box<WatchTest>),
 }
 
-#[derive(Debug)]
+/// `{ field = "auth.accessor" | "*", in_watchlist = "name" | ["*", "!name", …] }`.
+#[derive(Debug, Clone)]
+pub struct WatchTest {
+    /// The field as written: `*` for any string value anywhere in the entry.
+    pub field_name: String,
+    /// `None` for `*`. On an array or object field every string inside counts.
+    pub field: Option<Field>,
+    /// The lists named; `*` names every list of the device.
+    pub names: Vec<String>,
+    /// Lists left out of `*`.
+    pub except: Vec<String>,
+    /// The device's lists the names resolve to (empty until bound: the test is false).
+    pub bound: Vec<Arc<WatchList>>,
+    /// The device the lists belong to (for findings).
+    pub device: Option<Arc<str>>,
+}
+
+/// A value that matched a watch list, for a finding's `detail.watchlist`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WatchHit {
+    pub device: Option<String>,
+    pub list: String,
+    pub label: Option<String>,
+    /// Where it matched: `request.data.policies[0]`, `auth.client_token`…
+    pub field: String,
+    /// The list file and line of the value.
+    pub entry: String,
+}
+
+impl WatchTest {
+    fn compile(name: &str, lists: Vec<String>) -> Result<WatchTest, String> {
+        let field = if name == "*" {
+            None
+        } else {
+            Some(Field::parse(name)?)
+        };
+        let mut names = Vec::new();
+        let mut except = Vec::new();
+        for l in lists {
+            match l.strip_prefix('!') {
+                Some(x) if watchlist::valid_name(x) => except.push(x.to_owned()),
+                None if l == "*" || watchlist::valid_name(&l) => names.push(l),
+                _ => {
+                    return Err(format!(
+                        "in_watchlist: {l:?} is not a list name (A-Z a-z 0-9 . _ -), `*` or `!name`"
+                    ))
+                }
+            }
+        }
+        if !except.is_empty() && !names.iter().any(|n| n == "*") {
+            return Err("in_watchlist: `!name` only narrows `*`".into());
+        }
+        if names.is_empty() {
+            return Err("in_watchlist names no list (`*` is every list)".into());
+        }
+        Ok(WatchTest {
+            field_name: name.to_owned(),
+            field,
+            names,
+            except,
+            bound: Vec::new(),
+            device: None,
+        })
+    }
+
+    /// Resolves the names against one device's lists; returns the names it lacks (`*` never
+    /// lacks anything).
+    fn bind(&mut self, device: Option<&str>, lists: &DeviceLists) -> Vec<String> {
+        let mut missing = Vec::new();
+        let mut bound: Vec<Arc<WatchList>> = Vec::new();
+        for n in &self.names {
+            if n == "*" {
+                bound.extend(
+                    lists
+                        .values()
+                        .filter(|l| !self.except.contains(&l.name))
+                        .cloned(),
+                );
+            } else {
+                match lists.get(n) {
+                    Some(l) => bound.push(l.clone()),
+                    None => missing.push(n.clone()),
+                }
+            }
+        }
+        bound.sort_by(|a, b| a.name.cmp(&b.name));
+        bound.dedup_by(|a, b| a.name == b.name);
+        self.bound = bound;
+        self.device = device.map(Arc::from);
+        missing
+    }
+
+    fn lookup(&self, s: &str) -> Option<(&WatchList, &watchlist::Entry)> {
+        self.bound
+            .iter()
+            .find_map(|l| l.get(s).map(|e| (l.as_ref(), e)))
+    }
+
+    /// Calls `f` for each string of the field (or of the whole entry), with its path, until
+    /// `f` returns true.
+    fn each_string(&self, e: &AuditEntry<'_>, f: &mut dyn FnMut(&str, &str) -> bool) -> bool {
+        let walk = |json: &str, base: &str, f: &mut dyn FnMut(&str, &str) -> bool| {
+            walk_strings(json, &mut |p, s| {
+                // Only a whole HMAC can match: build the path for those alone.
+                s.len() == watchlist::HMAC_LEN && f(&path_string(base, p), s)
+            })
+        };
+        match &self.field {
+            None => walk(e.raw, "", f),
+            Some(field) => match field.get(e) {
+                Value::Str(s) => f(&self.field_name, &s),
+                Value::Array(raw) | Value::Object(raw) => walk(raw.get(), &self.field_name, f),
+                _ => false,
+            },
+        }
+    }
+
+    fn eval(&self, e: &AuditEntry<'_>) -> bool {
+        !self.bound.is_empty() && self.each_string(e, &mut |_, s| self.lookup(s).is_some())
+    }
+
+    fn hits(&self, e: &AuditEntry<'_>, out: &mut BTreeSet<WatchHit>) {
+        if self.bound.is_empty() {
+            return;
+        }
+        self.each_string(e, &mut |path, s| {
+            if let Some((l, entry)) = self.lookup(s) {
+                out.insert(WatchHit {
+                    device: self.device.as_deref().map(str::to_owned),
+                    list: l.name.clone(),
+                    label: entry.label.clone(),
+                    field: path.to_owned(),
+                    entry: format!("{}:{}", l.origin, entry.line),
+                });
+            }
+            false
+        });
+    }
+
+    fn literals(&self) -> Vec<String> {
+        // The hex digits stand verbatim in the line (never JSON-escaped), unless a `\u`
+        // escape spells them, which the prefilter's escape evidence covers.
+        let mut out: Vec<String> = self
+            .bound
+            .iter()
+            .flat_map(|l| l.values())
+            .map(|v| format!("{VERBATIM}{}", &v[watchlist::HMAC_PREFIX.len()..]))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
 pub enum Test {
     Equals(Scalar),
     Prefix(Vec<String>),
@@ -121,6 +289,7 @@ impl Cond {
             def.gte.is_some(),
             def.lt.is_some(),
             def.lte.is_some(),
+            def.in_watchlist.is_some(),
         ]
         .iter()
         .filter(|x| **x)
@@ -161,12 +330,21 @@ impl Cond {
             return Ok(Cond::Not(Box::new(Self::compile_at(inner, depth + 1)?)));
         }
         let name = def.field.as_deref().unwrap_or_default();
-        let field = Field::parse(name)?;
         if tests != 1 {
             return Err(format!(
-                "field {name:?} needs exactly one test (equals, prefix, suffix, glob, regex, in, contains, exists, gt, gte, lt, lte)"
+                "field {name:?} needs exactly one test (equals, prefix, suffix, glob, regex, in, contains, exists, gt, gte, lt, lte, in_watchlist)"
             ));
         }
+        if let Some(lists) = &def.in_watchlist {
+            return Ok(Cond::Watch(Box::new(WatchTest::compile(
+                name,
+                lists.clone().into_vec(),
+            )?)));
+        }
+        if name == "*" {
+            return Err("field \"*\" (any value in the entry) only takes `in_watchlist`".into());
+        }
+        let field = Field::parse(name)?;
         let test = if let Some(v) = &def.equals {
             Test::Equals(v.clone())
         } else if let Some(v) = &def.prefix {
@@ -243,6 +421,8 @@ impl Cond {
             }
             Cond::Any(list) | Cond::All(list) => list.iter().all(Cond::is_data_key),
             Cond::Not(_) => false,
+            // Listed hashes are rarer than anything else.
+            Cond::Watch(_) => true,
         }
     }
 
@@ -252,7 +432,47 @@ impl Cond {
             Cond::Any(list) => list.iter().any(|c| c.eval(e)),
             Cond::Not(c) => !c.eval(e),
             Cond::Leaf { field, test } => test.eval(&field.get(e)),
+            Cond::Watch(w) => w.eval(e),
         }
+    }
+
+    /// Binds the watch lists of one device into every `in_watchlist` test (replacing what
+    /// was bound before); returns the list names the tests refer to that the device lacks.
+    pub fn bind_watchlists(&mut self, device: Option<&str>, lists: &DeviceLists) -> Vec<String> {
+        match self {
+            Cond::All(list) | Cond::Any(list) => list
+                .iter_mut()
+                .flat_map(|c| c.bind_watchlists(device, lists))
+                .collect(),
+            Cond::Not(c) => c.bind_watchlists(device, lists),
+            Cond::Leaf { .. } => Vec::new(),
+            Cond::Watch(w) => w.bind(device, lists),
+        }
+    }
+
+    /// Whether the condition has an `in_watchlist` test.
+    pub fn uses_watchlists(&self) -> bool {
+        match self {
+            Cond::All(list) | Cond::Any(list) => list.iter().any(Cond::uses_watchlists),
+            Cond::Not(c) => c.uses_watchlists(),
+            Cond::Leaf { .. } => false,
+            Cond::Watch(_) => true,
+        }
+    }
+
+    /// The watch-list values of an entry that the `in_watchlist` tests outside any `not`
+    /// match (for the finding).
+    pub fn watch_hits(&self, e: &AuditEntry<'_>) -> Vec<WatchHit> {
+        fn collect(c: &Cond, e: &AuditEntry<'_>, out: &mut BTreeSet<WatchHit>) {
+            match c {
+                Cond::All(list) | Cond::Any(list) => list.iter().for_each(|c| collect(c, e, out)),
+                Cond::Not(_) | Cond::Leaf { .. } => {}
+                Cond::Watch(w) => w.hits(e, out),
+            }
+        }
+        let mut out = BTreeSet::new();
+        collect(self, e, &mut out);
+        out.into_iter().collect()
     }
 
     /// Literals of which a line must contain at least one for this condition
@@ -269,16 +489,26 @@ impl Cond {
             }
             // One child's set suffices: pick the most selective. A key of a
             // `data` field (`"period"`) is rarer than most paths, which share
-            // common stems (`auth/token/lookup-self` stands everywhere).
-            Cond::All(list) => list
-                .iter()
-                .filter_map(|c| c.literals().map(|l| (c.is_data_key(), l)))
-                .max_by_key(|(data_key, lits)| {
-                    let shortest = lits.iter().map(String::len).min().unwrap_or(0);
-                    (*data_key, shortest.min(12), usize::MAX - lits.len())
-                })
-                .map(|(_, l)| l),
+            // common stems (`auth/token/lookup-self` stands everywhere). A
+            // child with an empty set never holds (an `in_watchlist` with no
+            // list bound, `in = []`), and neither does the whole.
+            Cond::All(list) => {
+                let sets: Vec<(bool, Vec<String>)> = list
+                    .iter()
+                    .filter_map(|c| c.literals().map(|l| (c.is_data_key(), l)))
+                    .collect();
+                if sets.iter().any(|(_, l)| l.is_empty()) {
+                    return Some(Vec::new());
+                }
+                sets.into_iter()
+                    .max_by_key(|(data_key, lits)| {
+                        let shortest = lits.iter().map(String::len).min().unwrap_or(0);
+                        (*data_key, shortest.min(12), usize::MAX - lits.len())
+                    })
+                    .map(|(_, l)| l)
+            }
             Cond::Leaf { field, test } => leaf_literals(field, test),
+            Cond::Watch(w) => Some(w.literals()),
         }
     }
 }

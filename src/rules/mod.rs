@@ -24,7 +24,13 @@
 //! expect = "fire"                         # or "quiet"
 //! source = "tests/data/openbao/scenarios.log:120"
 //! line = '''{"time":…}'''
+//! watchlist = { root = ["hmac-sha256:…"] } # only for `in_watchlist` rules: the lists of
+//!                                         # the device that wrote the line
 //! ```
+//!
+//! Watch lists ([`crate::watchlist`]) belong to one audit device: a loaded set
+//! has none, and [`RuleSet::with_watchlists`] makes the set of one device (its
+//! `in_watchlist` tests bound, its hashes in the prefilter).
 //!
 //! The prefilter: each rule's condition yields a set of literals of which a
 //! line must contain at least one for the rule to match (see
@@ -35,6 +41,7 @@
 //! (a lone `not`, a regex) turns the prefilter off.
 
 pub mod cond;
+pub mod explain;
 pub mod field;
 pub mod prefilter;
 
@@ -48,7 +55,7 @@ use crate::finding::Severity;
 use crate::parse::{self, AuditEntry};
 use cond::{Cond, CondDef};
 use field::Field;
-use prefilter::{Prefilter, Scanner, ARRAY_ELEMENT};
+use prefilter::{Prefilter, Scanner, ARRAY_ELEMENT, VERBATIM};
 
 /// The built-in rule pack, embedded at build time. A unit test checks that
 /// every file of `patterns/` is listed here.
@@ -72,6 +79,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
     (
         "patterns/signals.toml",
         include_str!("../../patterns/signals.toml"),
+    ),
+    (
+        "patterns/watchlist.toml",
+        include_str!("../../patterns/watchlist.toml"),
     ),
 ];
 
@@ -134,7 +145,7 @@ struct WindowDef {
 
 /// A stateful rule: the entries its `when` matches are counted per key in a
 /// sliding window of entry time (see the README's "Windows").
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Window {
     pub group_by: Vec<Field>,
     pub group_names: Vec<String>,
@@ -150,6 +161,12 @@ pub struct Window {
     /// Bytes of state kept at most (see [`crate::engine`] for what is counted); the less
     /// valuable half of the keys is dropped when full.
     pub max_state: usize,
+    /// The JSON key of the one group field, when the trigger is judged
+    /// lazily: lines only the trigger's literals select are not parsed by
+    /// the analysis threads; the judge reads their group key from the raw
+    /// bytes and parses them only when that key has window state (a
+    /// successful login is only interesting from an address that failed).
+    pub lazy_trigger_key: Option<String>,
 }
 
 /// Default cap of keys a window rule tracks.
@@ -168,6 +185,10 @@ pub struct FixtureDef {
     pub source: String,
     #[serde(default)]
     pub note: String,
+    /// The watch lists of the device that wrote `line` (list name → lines of a list file:
+    /// `hmac-sha256:<hex>`, optionally a label), for rules with `in_watchlist`.
+    #[serde(default)]
+    pub watchlist: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -195,7 +216,7 @@ pub struct Throttle {
 }
 
 /// A compiled rule.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Rule {
     pub id: String,
     pub title: String,
@@ -228,6 +249,11 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     prefilter: Option<Prefilter>,
     literal_count: usize,
+    /// Literals of the lazy triggers (see [`Window::lazy_trigger_key`]).
+    gate: Option<Prefilter>,
+    /// Rules whose trigger is lazy, with a finder of their group field's
+    /// quoted JSON key.
+    lazy_triggers: Vec<(usize, memchr::memmem::Finder<'static>)>,
 }
 
 impl std::fmt::Debug for Prefilter {
@@ -235,6 +261,9 @@ impl std::fmt::Debug for Prefilter {
         f.write_str("Prefilter")
     }
 }
+
+/// Watch lists rules refer to that a device lacks: (list name, ids of the rules using it).
+pub type MissingLists = Vec<(String, Vec<String>)>;
 
 /// The most rules a set may hold (hostile rule directories).
 const MAX_RULES: usize = 10_000;
@@ -294,21 +323,36 @@ impl RuleSet {
         Self::from_rules(parse_file(origin, text, &mut Vec::new())?)
     }
 
-    fn from_rules(rules: Vec<Rule>) -> Result<RuleSet, RuleError> {
+    fn from_rules(mut rules: Vec<Rule>) -> Result<RuleSet, RuleError> {
         if rules.len() > MAX_RULES {
             return Err(err("rules", format!("more than {MAX_RULES} rules")));
         }
         let mut literals: Vec<String> = Vec::new();
+        let mut verbatim: Vec<String> = Vec::new();
         let mut all_known = true;
         for r in &rules {
             match &r.literals {
-                Some(l) => literals.extend(l.iter().cloned()),
+                Some(l) => {
+                    for x in l {
+                        match x.strip_prefix(VERBATIM) {
+                            Some(v) => verbatim.push(v.to_owned()),
+                            None => literals.push(x.clone()),
+                        }
+                    }
+                }
                 None => all_known = false,
             }
         }
-        let literals = minimize_literals(literals);
+        let mut literals = minimize_literals(literals);
+        verbatim.sort();
+        verbatim.dedup();
+        literals.extend(verbatim.into_iter().map(|text| prefilter::Pattern {
+            text,
+            members: Vec::new(),
+        }));
         tracing::debug!(
-            patterns = ?literals.iter().map(|p| &p.text).collect::<Vec<_>>(),
+            patterns = ?literals.iter().map(|p| &p.text).take(64).collect::<Vec<_>>(),
+            count = literals.len(),
             "prefilter patterns"
         );
         let prefilter = if all_known && !rules.is_empty() {
@@ -316,10 +360,74 @@ impl RuleSet {
         } else {
             None
         };
+        // Lazy triggers (see `Window::lazy_trigger_key`): only useful while
+        // the prefilter is on (else every line is parsed anyway), and for
+        // triggers whose lines are not candidates anyway (`sys/plugins/…`
+        // holds the plain pattern `sys/`): those are judged at once.
+        for r in &mut rules {
+            let Some(w) = r.window.as_mut() else { continue };
+            let covered = w.lazy_trigger_key.is_some()
+                && w.trigger
+                    .as_ref()
+                    .and_then(Cond::literals)
+                    .is_some_and(|lits| {
+                        lits.iter().all(|l| {
+                            // A line holding `l` holds a plain pattern, or
+                            // a stem's member (where the stem counts).
+                            !l.starts_with([ARRAY_ELEMENT, VERBATIM])
+                                && literals.iter().any(|p| {
+                                    !p.text.starts_with([ARRAY_ELEMENT, VERBATIM])
+                                        && if p.members.is_empty() {
+                                            l.contains(p.text.as_str())
+                                        } else {
+                                            p.members.iter().any(|m| l.contains(m.as_str()))
+                                        }
+                                })
+                        })
+                    });
+            if covered {
+                w.lazy_trigger_key = None;
+            }
+        }
+        let lazy: Vec<usize> = (0..rules.len())
+            .filter(|&i| {
+                rules[i]
+                    .window
+                    .as_ref()
+                    .is_some_and(|w| w.lazy_trigger_key.is_some())
+            })
+            .collect();
+        let gate_literals: Vec<String> = lazy
+            .iter()
+            .filter_map(|&i| rules[i].window.as_ref()?.trigger.as_ref()?.literals())
+            .flatten()
+            .collect();
+        let gate = if prefilter.is_some() && !gate_literals.is_empty() {
+            let patterns = minimize_literals(gate_literals);
+            tracing::debug!(
+                patterns = ?patterns.iter().map(|p| &p.text).collect::<Vec<_>>(),
+                "lazy trigger gate patterns"
+            );
+            Some(Prefilter::new(&patterns).map_err(|e| err("trigger gate", e))?)
+        } else {
+            None
+        };
         Ok(RuleSet {
             literal_count: literals.len(),
-            rules,
             prefilter,
+            gate,
+            lazy_triggers: lazy
+                .iter()
+                .filter_map(|&i| {
+                    let key = rules[i].window.as_ref()?.lazy_trigger_key.as_ref()?;
+                    let needle = format!("\"{key}\"");
+                    Some((
+                        i,
+                        memchr::memmem::Finder::new(needle.as_bytes()).into_owned(),
+                    ))
+                })
+                .collect(),
+            rules,
         })
     }
 
@@ -333,6 +441,50 @@ impl RuleSet {
 
     pub fn find(&self, id: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.id == id)
+    }
+
+    /// The set for the stream of one audit device: every `in_watchlist` test bound to
+    /// `lists` (the device's watch lists by name; what was bound before is replaced) and the
+    /// listed hashes added to the prefilter. Also returns, per list name that rules refer to
+    /// and the device lacks, the ids of those rules (their test stays false).
+    pub fn with_watchlists(
+        &self,
+        device: Option<&str>,
+        lists: &crate::watchlist::DeviceLists,
+    ) -> Result<(RuleSet, MissingLists), RuleError> {
+        let mut missing: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        let mut rules = self.rules.clone();
+        for r in &mut rules {
+            let mut lacks = r.when.bind_watchlists(device, lists);
+            if let Some(t) = r.window.as_mut().and_then(|w| w.trigger.as_mut()) {
+                lacks.extend(t.bind_watchlists(device, lists));
+            }
+            for name in lacks {
+                let ids = missing.entry(name).or_default();
+                if !ids.contains(&r.id) {
+                    ids.push(r.id.clone());
+                }
+            }
+            r.literals = rule_literals(&r.when, r.window.as_ref());
+        }
+        Ok((Self::from_rules(rules)?, missing.into_iter().collect()))
+    }
+
+    /// The set a fixture is judged with: bound to the fixture's watch lists when it has
+    /// some (an unnamed device), else `None` (this set).
+    pub fn fixture_set(&self, fx: &FixtureDef) -> Result<Option<RuleSet>, String> {
+        if fx.watchlist.is_empty() {
+            return Ok(None);
+        }
+        let mut lists = crate::watchlist::DeviceLists::new();
+        for (name, values) in &fx.watchlist {
+            let list = crate::watchlist::WatchList::parse(name, "fixture", &values.join("\n"))
+                .map_err(|e| format!("watchlist: {e}"))?;
+            crate::watchlist::insert(&mut lists, None, list).map_err(|e| e.to_string())?;
+        }
+        self.with_watchlists(None, &lists)
+            .map(|(set, _)| Some(set))
+            .map_err(|e| e.to_string())
     }
 
     /// Number of distinct prefilter literals, 0 when the prefilter is off.
@@ -357,6 +509,35 @@ impl RuleSet {
     /// Whether a single line passes the prefilter.
     pub fn is_candidate(&self, line: &[u8]) -> bool {
         self.scanner(line).next(0).is_some()
+    }
+
+    /// A scanner of `hay` for the literals of lazy triggers; `None` when
+    /// there are none (or the prefilter is off and every line is parsed).
+    /// Escapes are not looked for: a line with `\u`/`\/` escapes is a
+    /// candidate of the main prefilter (parsed, every trigger judged at once).
+    pub fn gate_scanner<'a>(&'a self, hay: &'a [u8]) -> Option<Scanner<'a>> {
+        self.gate.as_ref().map(|g| Scanner::literals_only(g, hay))
+    }
+
+    /// Whether a line that is not a candidate goes to the judge for a lazy
+    /// trigger (a line matching any rule's `when` or trigger is one or the
+    /// other).
+    pub fn is_gate_candidate(&self, line: &[u8]) -> bool {
+        self.gate_scanner(line)
+            .is_some_and(|mut s| s.next(0).is_some())
+    }
+
+    /// Rules whose trigger is lazy.
+    pub fn lazy_triggers(&self) -> impl Iterator<Item = usize> + '_ {
+        self.lazy_triggers.iter().map(|(i, _)| *i)
+    }
+
+    /// Rules whose trigger is lazy, with a finder of their group field's
+    /// quoted JSON key (`"remote_address"`).
+    pub fn lazy_trigger_finders(
+        &self,
+    ) -> impl Iterator<Item = (usize, &memchr::memmem::Finder<'static>)> + '_ {
+        self.lazy_triggers.iter().map(|(i, f)| (*i, f))
     }
 
     /// The rules an entry concerns (stateless part only): `(rule, Role)`.
@@ -426,12 +607,23 @@ impl RuleSet {
                         continue;
                     }
                 };
+                let bound = match self.fixture_set(fx) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        failures.push(fail(e));
+                        continue;
+                    }
+                };
+                let (set, rule) = match &bound {
+                    Some(b) => (b, b.find(&rule.id).unwrap_or(rule)),
+                    None => (self, rule),
+                };
                 let fired = rule.when.eval(&entry);
                 match fx.expect {
                     Expect::Fire if !fired => {
                         failures.push(fail("expected to fire, stayed quiet".into()))
                     }
-                    Expect::Fire if !self.is_candidate(line.as_bytes()) => {
+                    Expect::Fire if !set.is_candidate(line.as_bytes()) => {
                         failures.push(fail("fires, but the prefilter skips the line".into()))
                     }
                     Expect::Quiet if fired => {
@@ -803,6 +995,14 @@ fn parse_file(origin: &str, text: &str, off: &mut Vec<String>) -> Result<Vec<Rul
                             ))
                         })?,
                 };
+                let lazy_trigger_key = match (&trigger, group_by.as_slice()) {
+                    (Some(t), [f])
+                        if t.literals().is_some() && f.is_verbatim() && !f.is_array() =>
+                    {
+                        f.json_key()
+                    }
+                    _ => None,
+                };
                 Some(Window {
                     group_by,
                     group_names: w.group_by,
@@ -812,6 +1012,7 @@ fn parse_file(origin: &str, text: &str, off: &mut Vec<String>) -> Result<Vec<Rul
                     trigger,
                     max_keys: w.max_keys.unwrap_or(WINDOW_KEYS_MAX).max(1),
                     max_state,
+                    lazy_trigger_key,
                 })
             }
         };
@@ -819,18 +1020,7 @@ fn parse_file(origin: &str, text: &str, off: &mut Vec<String>) -> Result<Vec<Rul
             off.push(id);
             continue;
         }
-        // A trigger's entries must pass the prefilter too.
-        let literals = match (
-            when.literals(),
-            window.as_ref().and_then(|w| w.trigger.as_ref()),
-        ) {
-            (Some(mut a), Some(t)) => t.literals().map(|b| {
-                a.extend(b);
-                a
-            }),
-            (a, None) => a,
-            (None, Some(_)) => None,
-        };
+        let literals = rule_literals(&when, window.as_ref());
         out.push(Rule {
             literals,
             window,
@@ -848,6 +1038,22 @@ fn parse_file(origin: &str, text: &str, off: &mut Vec<String>) -> Result<Vec<Rul
         });
     }
     Ok(out)
+}
+
+/// The literals of a rule: its `when`'s, and a trigger's (whose entries must pass the
+/// prefilter too) unless the trigger is lazy (its literals go to the trigger gate).
+fn rule_literals(when: &Cond, window: Option<&Window>) -> Option<Vec<String>> {
+    if window.is_some_and(|w| w.lazy_trigger_key.is_some()) {
+        return when.literals();
+    }
+    match (when.literals(), window.and_then(|w| w.trigger.as_ref())) {
+        (Some(mut a), Some(t)) => t.literals().map(|b| {
+            a.extend(b);
+            a
+        }),
+        (a, None) => a,
+        (None, Some(_)) => None,
+    }
 }
 
 /// `90s`, `15m`, `1h`, `2d`, `500ms`.
@@ -961,6 +1167,11 @@ when = { field = "path", glob = ["sys/raw", "sys/raw/**"] }
         let mut checked = 0;
         for rule in set.rules() {
             for fx in rule.fixtures.iter().filter(|f| f.expect == Expect::Fire) {
+                let bound = set.fixture_set(fx).unwrap();
+                let (set, rule) = match &bound {
+                    Some(b) => (b, b.find(&rule.id).unwrap()),
+                    None => (&set, rule),
+                };
                 let slashes = fx.line.replace('/', "\\/");
                 // Escape every `s` and `r` inside string values as \u0073 / \u0072.
                 let unicode = fx
@@ -984,6 +1195,56 @@ when = { field = "path", glob = ["sys/raw", "sys/raw/**"] }
             }
         }
         assert!(checked > 60);
+    }
+
+    #[test]
+    fn a_lazy_trigger_goes_through_the_gate_not_the_prefilter() {
+        let set = RuleSet::builtin().unwrap();
+        let i = set
+            .rules()
+            .iter()
+            .position(|r| r.id == "brute_force.success_after_failures")
+            .unwrap();
+        assert!(set.lazy_triggers().any(|r| r == i));
+        let w = set.get(i).window.as_ref().unwrap();
+        assert_eq!(w.lazy_trigger_key.as_deref(), Some("remote_address"));
+        // A real successful login (scenarios.log line 19) is the trigger.
+        let ok = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/openbao/scenarios.log"),
+        )
+        .unwrap()
+        .lines()
+        .nth(18)
+        .unwrap()
+        .to_owned();
+        let e = parse::parse_str(&ok).unwrap();
+        assert!(set
+            .matches(&e)
+            .any(|(r, role)| r == i && role == Role::Trigger));
+        assert!(!set.is_candidate(ok.as_bytes()), "no rule needs it parsed");
+        assert!(set.is_gate_candidate(ok.as_bytes()));
+        // A rule with two group fields keeps an eager trigger.
+        let two = RuleSet::from_toml(
+            "t.toml",
+            r#"
+[[rule]]
+id = "t.two"
+title = "t"
+category = "c"
+severity = "low"
+description = "d"
+[rule.window]
+group_by = ["request.remote_address", "login_user"]
+count = 2
+within = "1m"
+trigger = { field = "path", prefix = "auth/x/" }
+[rule.when]
+all = [{ field = "path", prefix = "sys/raw" }]
+"#,
+        )
+        .unwrap();
+        assert_eq!(two.lazy_triggers().count(), 0);
+        assert!(two.is_candidate(br#"{"request":{"path":"auth/x/login"}}"#));
     }
 
     /// Rule files the fuzzer (and a read of the code) found where a rule
@@ -1080,6 +1341,187 @@ when = { field = "path", glob = ["sys/raw", "sys/raw/**"] }
         );
     }
 
+    fn capture_lines(log: &str) -> Vec<String> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/openbao")
+            .join(log);
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The device's hash of `input`, from a capture's `*.hashes.json`.
+    fn capture_hash(capture: &str, input: &str) -> String {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/openbao")
+            .join(format!("{capture}.hashes.json"));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        v["hashes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["input"] == input)
+            .unwrap()["hash"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn lists(entries: &[(&str, &str)]) -> crate::watchlist::DeviceLists {
+        let mut out = crate::watchlist::DeviceLists::new();
+        for (name, text) in entries {
+            let l = crate::watchlist::WatchList::parse(name, "t.list", text).unwrap();
+            crate::watchlist::insert(&mut out, None, l).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn watch_rules_need_the_lists_of_the_device_that_wrote_the_line() {
+        let set = RuleSet::builtin().unwrap();
+        let lines = capture_lines("scenarios.log");
+        let wrapped = &lines[120]; // line 121: the wrapped root-token creation
+        let e = parse::parse_str(wrapped).unwrap();
+        let fires = |s: &RuleSet| s.find("root_token.wrapped_created").unwrap().when.eval(&e);
+        assert!(!fires(&set), "no lists bound: false");
+
+        let root = capture_hash("scenarios", "root");
+        let (bound, missing) = set
+            .with_watchlists(Some("file-audit"), &lists(&[("root", &root)]))
+            .unwrap();
+        assert!(fires(&bound));
+        assert!(bound.is_candidate(wrapped.as_bytes()));
+        assert_eq!(bound.literal_count(), set.literal_count() + 1);
+        assert_eq!(
+            missing,
+            vec![(
+                "login-errors".to_owned(),
+                vec!["login.failed_hashed_error".to_owned()]
+            )]
+        );
+        // The finding names the list, the field and the device.
+        let r = bound.find("root_token.wrapped_created").unwrap();
+        let hits = r.when.watch_hits(&e);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].field, "request.data.policies[0]");
+        assert_eq!(hits[0].list, "root");
+        assert_eq!(hits[0].device.as_deref(), Some("file-audit"));
+        assert_eq!(hits[0].entry, "t.list:1");
+
+        // Another device's hash of `root` (another salt): quiet.
+        let other = capture_hash("signals", "root");
+        assert_ne!(other, root);
+        let (elsewhere, _) = set
+            .with_watchlists(Some("other"), &lists(&[("root", &other)]))
+            .unwrap();
+        assert!(!fires(&elsewhere));
+        // Binding again replaces what was bound.
+        let (rebound, _) = bound
+            .with_watchlists(Some("other"), &lists(&[("root", &other)]))
+            .unwrap();
+        assert!(!fires(&rebound));
+    }
+
+    const WATCH_ANY: &str = r#"
+[[rule]]
+id = "t.watch"
+title = "watched"
+category = "watchlist"
+severity = "high"
+description = "d"
+when = { field = "*", in_watchlist = ["*", "!skip"] }
+"#;
+
+    /// Over every line of both captures: a line the bound rule matches is a candidate, and
+    /// without a listed hash in it, a line is not.
+    #[test]
+    fn watched_hashes_keep_the_prefilter_sound() {
+        let set = RuleSet::from_toml("w.toml", WATCH_ANY).unwrap();
+        assert!(set.prefilter_enabled());
+        assert_eq!(set.literal_count(), 0, "no lists: no pattern");
+        let bogus = capture_hash("scenarios", "bogus");
+        let default = capture_hash("scenarios", "default");
+        let root = capture_hash("scenarios", "root");
+        let (bound, _) = set
+            .with_watchlists(
+                None,
+                &lists(&[
+                    ("leaked", &format!("{bogus} the bogus token")),
+                    ("policies", &default),
+                    ("skip", &root),
+                ]),
+            )
+            .unwrap();
+        assert_eq!(bound.literal_count(), 2, "the skipped list adds nothing");
+        let rule = bound.find("t.watch").unwrap();
+        let (mut matched, mut skipped) = (0, 0);
+        for line in capture_lines("scenarios.log")
+            .iter()
+            .chain(&capture_lines("signals.log"))
+        {
+            let e = parse::parse_str(line).unwrap();
+            let listed = line.contains(&bogus[12..]) || line.contains(&default[12..]);
+            if rule.when.eval(&e) {
+                matched += 1;
+                assert!(bound.is_candidate(line.as_bytes()), "{line}");
+                assert!(listed);
+            } else {
+                assert!(!listed || line.contains("\\u"), "{line}");
+            }
+            if !listed && !line.contains("\\u") && !line.contains("\\/") {
+                assert!(!bound.is_candidate(line.as_bytes()), "{line}");
+                skipped += 1;
+            }
+        }
+        assert!(matched >= 10, "{matched}");
+        assert!(skipped > 300, "{skipped}");
+        // A JSON escape inside the value still matches, and passes.
+        let escaped = format!(
+            r#"{{"type":"request","auth":{{"client_token":"\u0068{}"}}}}"#,
+            &bogus[1..]
+        );
+        let e = parse::parse_str(&escaped).unwrap();
+        assert!(rule.when.eval(&e));
+        assert!(bound.is_candidate(escaped.as_bytes()));
+    }
+
+    #[test]
+    fn watchlist_tests_are_checked() {
+        for (when, needle) in [
+            (
+                r#"{ field = "*", equals = "x" }"#,
+                "only takes `in_watchlist`",
+            ),
+            (r#"{ field = "*", in_watchlist = [] }"#, "names no list"),
+            (
+                r#"{ field = "*", in_watchlist = ["!root"] }"#,
+                "only narrows",
+            ),
+            (
+                r#"{ field = "*", in_watchlist = "a b" }"#,
+                "not a list name",
+            ),
+            (
+                r#"{ field = "nope", in_watchlist = "root" }"#,
+                "unknown field",
+            ),
+            (
+                r#"{ field = "auth.accessor", in_watchlist = "a", exists = true }"#,
+                "exactly one test",
+            ),
+        ] {
+            let text = MINI.replace(
+                r#"when = { field = "path", glob = ["sys/raw", "sys/raw/**"] }"#,
+                &format!("when = {when}"),
+            );
+            let e = RuleSet::from_toml("m.toml", &text).unwrap_err();
+            assert!(e.message.contains(needle), "{when}: {e}");
+        }
+    }
+
     #[test]
     fn selection_only_and_disable() {
         let ids = |sel: &RuleSelection| -> Vec<String> {
@@ -1112,7 +1554,7 @@ when = { field = "path", glob = ["sys/raw", "sys/raw/**"] }
         assert!(!only.iter().any(|i| i == "acl.denied_paths"));
         // A rule that is off by default is a known id: disabling it again is fine.
         let same = ids(&RuleSelection {
-            disable: vec!["brute_force.success_after_failures".into()],
+            disable: vec!["kv.mass_secret_read".into()],
             ..Default::default()
         });
         assert_eq!(same, all);
@@ -1151,7 +1593,7 @@ when = { field = "path", glob = ["sys/raw", "sys/raw/**"] }
             ),
             (
                 RuleSelection {
-                    only: vec!["brute_force.success_after_failures".into()],
+                    only: vec!["kv.mass_secret_read".into()],
                     ..Default::default()
                 },
                 "leaves no rule",

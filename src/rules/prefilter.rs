@@ -10,6 +10,12 @@
 //! * a `\u` or `\/` escape, the only JSON escapes that can spell a literal's
 //!   characters, found with `memchr`.
 //!
+//! Watch-list hashes (the hex digits of each listed `hmac-sha256:` value, see
+//! [`crate::watchlist`]) are plain literals of the automaton, added when the
+//! lists of a device are bound into the rule set; they skip the minimisation
+//! ([`VERBATIM`]). A few hundred keep the search fast; many thousands turn
+//! Teddy off and slow the scan down.
+//!
 //! It may say "maybe" too often, never too rarely. Patterns are kept at 3
 //! bytes or more so Teddy fingerprints three bytes: two-byte fingerprints such
 //! as `,"` match everywhere in JSON and made the scan several times slower.
@@ -18,6 +24,10 @@ use aho_corasick::{AhoCorasick, Input, MatchKind};
 
 /// Marks a literal that only counts as an array element (see the module docs).
 pub const ARRAY_ELEMENT: char = '\u{1}';
+
+/// Marks a literal searched as it is, outside the minimisation (watch-list hashes: many,
+/// long and random, so neither stems nor containment would shrink them).
+pub const VERBATIM: char = '\u{2}';
 
 /// One searched pattern. When `members` is not empty the pattern is a
 /// shared stem, and a hit counts only where one of the members stands.
@@ -29,6 +39,9 @@ pub struct Pattern {
 
 pub struct Prefilter {
     ac: AhoCorasick,
+    /// The one pattern, when there is only one: memmem beats the automaton
+    /// (a single `/login` made it fall back to a slow rare-byte search).
+    single: Option<memchr::memmem::Finder<'static>>,
     array_element: Vec<bool>,
     /// Per pattern: (member bytes, offset of the stem inside the member).
     members: Vec<Vec<(Vec<u8>, usize)>>,
@@ -62,8 +75,13 @@ impl Prefilter {
         let ac = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostFirst)
             .build(&patterns)?;
+        let single = match patterns.as_slice() {
+            [one] => Some(memchr::memmem::Finder::new(one.as_bytes()).into_owned()),
+            _ => None,
+        };
         Ok(Prefilter {
             ac,
+            single,
             array_element,
             members,
         })
@@ -72,17 +90,22 @@ impl Prefilter {
     /// Start of the first verified literal at or after `from`.
     fn next_literal(&self, hay: &[u8], mut from: usize) -> Option<usize> {
         while from < hay.len() {
-            let m = self.ac.find(Input::new(hay).range(from..))?;
-            let i = m.pattern().as_usize();
+            let (start, i) = match &self.single {
+                Some(f) => (from + f.find(&hay[from..])?, 0),
+                None => {
+                    let m = self.ac.find(Input::new(hay).range(from..))?;
+                    (m.start(), m.pattern().as_usize())
+                }
+            };
             let members = &self.members[i];
             let member_ok = members.is_empty()
                 || members
                     .iter()
-                    .any(|(lit, off)| m.start() >= *off && hay[m.start() - off..].starts_with(lit));
-            if member_ok && (!self.array_element[i] || in_array(hay, m.start())) {
-                return Some(m.start());
+                    .any(|(lit, off)| start >= *off && hay[start - off..].starts_with(lit));
+            if member_ok && (!self.array_element[i] || in_array(hay, start)) {
+                return Some(start);
             }
-            from = m.start() + 1;
+            from = start + 1;
         }
         None
     }
@@ -120,6 +143,8 @@ pub struct Scanner<'a> {
     /// (searched from, next hit) for literals and escapes.
     lit: Option<(usize, Option<usize>)>,
     esc: Option<(usize, Option<usize>)>,
+    /// Whether `\u`/`\/` escapes count as hits.
+    escapes: bool,
 }
 
 impl<'a> Scanner<'a> {
@@ -130,6 +155,16 @@ impl<'a> Scanner<'a> {
             hay,
             lit: None,
             esc: None,
+            escapes: true,
+        }
+    }
+
+    /// A scanner of literals only: for a second pass over lines whose
+    /// escapes the first scanner already made candidates.
+    pub fn literals_only(pf: &'a Prefilter, hay: &'a [u8]) -> Self {
+        Scanner {
+            escapes: false,
+            ..Scanner::new(Some(pf), hay)
         }
     }
 
@@ -144,6 +179,9 @@ impl<'a> Scanner<'a> {
         };
         let hay = self.hay;
         let lit = cached(&mut self.lit, from, |f| pf.next_literal(hay, f));
+        if !self.escapes {
+            return lit;
+        }
         let esc = cached(&mut self.esc, from, |f| next_escape(hay, f));
         match (lit, esc) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -283,6 +283,7 @@ impl Reader {
                     source: self.source.clone(),
                     block: frame.data,
                     offset: frame.offset,
+                    lines: n,
                 });
             }
             FrameKind::Oversize {

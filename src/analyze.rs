@@ -17,6 +17,7 @@ use crate::framing::{lines, trim_line};
 use crate::parse::{self, array_strings, object_keys, AuditEntry, ParseErrorKind};
 use crate::rules::cond::value_string;
 use crate::rules::field::{namespace_of, Field};
+use crate::rules::prefilter::Evidence;
 use crate::rules::{Role, Rule, RuleSet};
 
 /// How many located errors one block keeps (counts stay exact).
@@ -167,6 +168,28 @@ pub struct BlockResult {
 }
 
 impl BlockResult {
+    /// About how many heap bytes the result holds (hits with their strings and lines, the
+    /// gated lines' arena); a shared line is counted once per hit.
+    pub fn held_bytes(&self) -> usize {
+        let hits: usize = self
+            .hits
+            .iter()
+            .map(|h| {
+                std::mem::size_of::<Hit>()
+                    + h.raw.as_ref().map_or(0, |r| r.len())
+                    + h.group.as_ref().map_or(0, String::len)
+                    + h.distinct.as_ref().map_or(0, String::len)
+                    + h.throttle_key.as_ref().map_or(0, String::len)
+                    + h.finding.as_ref().map_or(0, |_| 1024)
+            })
+            .sum();
+        let g = &self.gated;
+        hits + g.bytes.len()
+            + g.text.len()
+            + g.keys.len() * std::mem::size_of::<GatedKey>()
+            + g.lines.len() * std::mem::size_of::<GatedLine>()
+    }
+
     fn error(&mut self, line_idx: u64, offset: u64, kind: ErrorKind, message: String) {
         match kind {
             ErrorKind::InvalidUtf8 => self.invalid_utf8 += 1,
@@ -242,17 +265,13 @@ impl Analyzer {
         };
         let block_is_utf8 = simdutf8::basic::from_utf8(block).is_ok();
         let mut scanner = self.rules.scanner(block);
+        // Candidate and gate evidence come from one pass (see `Scanner::next_any`).
+        let gating = !self.strict && self.rules.has_gate();
         let mut next = if self.strict {
-            Some(0)
+            Some((0, Evidence::Candidate))
         } else {
-            scanner.next(0)
+            scanner.next_any(0)
         };
-        let mut gate = if self.strict {
-            None
-        } else {
-            self.rules.gate_scanner(block)
-        };
-        let mut gate_next = gate.as_mut().and_then(|g| g.next(0));
         for (idx, (start, line)) in lines(block).enumerate() {
             let idx = idx as u64;
             out.lines += 1;
@@ -276,17 +295,25 @@ impl Analyzer {
                         self.max_line
                     ),
                 );
-                if next.is_some_and(|p| p < end) {
-                    next = scanner.next(end);
+                if next.is_some_and(|(p, _)| p < end) {
+                    next = scanner.next_any(end);
                 }
                 continue;
             }
-            let candidate = self.strict || next.is_some_and(|p| p < end);
-            let gated = gate_next.is_some_and(|p| p < end);
-            if gated {
-                gate_next = gate.as_mut().and_then(|g| g.next(end));
+            // The evidence inside this line: a candidate hit ends the search (the line is
+            // parsed); a gate hit only marks it, and the search goes on in the line.
+            let mut candidate = self.strict;
+            let mut gated = false;
+            while let Some((p, kind)) = next.filter(|&(p, _)| p < end && !self.strict) {
+                if kind == Evidence::Candidate {
+                    candidate = true;
+                    next = scanner.next_any(end);
+                    break;
+                }
+                gated = true;
+                next = scanner.next_any(p + 1);
             }
-            if gated && !candidate {
+            if gating && gated && !candidate {
                 self.gate_line(content, idx, start as u64, &mut out);
             }
             if candidate {
@@ -317,11 +344,9 @@ impl Analyzer {
                     }
                     Err(e) => out.error(idx, start as u64, e.kind.into(), e.to_string()),
                 }
-                next = if self.strict {
-                    Some(end)
-                } else {
-                    scanner.next(end)
-                };
+                if self.strict {
+                    next = Some((end, Evidence::Candidate));
+                }
             } else if !block_is_utf8 && simdutf8::basic::from_utf8(content).is_err() {
                 let at = simdutf8::compat::from_utf8(content)
                     .err()

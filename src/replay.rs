@@ -5,7 +5,7 @@
 //!     │  Framer → pooled blocks of complete lines (no copy)
 //!     ▼  bounded crossbeam channel (block when full: replay can wait)
 //! analysis workers ×N  (prefilter → parse → rules)
-//!     │  BlockResult (hits + counts, no line bytes)
+//!     │  BlockResult (hits + counts; the line bytes of deferred and gated hits only)
 //!     ▼
 //! collector (this thread): reorders by (input, block), Judge, output
 //! ```
@@ -238,33 +238,34 @@ struct Envelope {
 }
 
 impl Msg {
-    fn hits(&self) -> usize {
+    /// About the heap bytes the message holds (see [`BlockResult::held_bytes`]).
+    fn held_bytes(&self) -> usize {
         match self {
-            Msg::Analysed { result, .. } => result.hits.len(),
+            Msg::Analysed { result, .. } => result.held_bytes(),
             _ => 0,
         }
     }
 }
 
 /// Results the collector holds for units after its current one wait until it gets there. On
-/// a log where most lines are hits (a flood of failed logins) that could be half a file's
-/// results: past [`AHEAD_HITS_MAX`] hits sent and not yet judged, the workers on later units
-/// pause. The worker on the collector's current unit never waits.
+/// a log where most lines are hits (a flood of failed logins), or where many lines are kept
+/// for lazy triggers, that could be half a file's results: past [`AHEAD_BYTES_MAX`] bytes
+/// of results sent and not yet judged, the workers on later units pause. The worker on the
+/// collector's current unit never waits.
 #[derive(Default)]
 struct Ahead {
     /// The collector's current unit.
     current: AtomicUsize,
-    /// Hits sent and not yet judged.
-    hits: AtomicUsize,
+    /// Bytes of results sent and not yet judged.
+    bytes: AtomicUsize,
 }
 
-/// About 16–64 MiB of hits (a hit is 150 bytes plus its key strings, or a finding).
-const AHEAD_HITS_MAX: usize = 1 << 16;
+const AHEAD_BYTES_MAX: usize = 64 << 20;
 
 impl Ahead {
     fn wait_for_room(&self, unit: usize) {
         while unit > self.current.load(Ordering::Acquire)
-            && self.hits.load(Ordering::Relaxed) > AHEAD_HITS_MAX
+            && self.bytes.load(Ordering::Relaxed) > AHEAD_BYTES_MAX
         {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -317,7 +318,7 @@ pub fn replay(
             let Some(unit) = units.get(u) else { break };
             let mut send = |seq: u64, msg: Msg| {
                 ahead.wait_for_room(u);
-                ahead.hits.fetch_add(msg.hits(), Ordering::Relaxed);
+                ahead.bytes.fetch_add(msg.held_bytes(), Ordering::Relaxed);
                 msg_tx.send(Envelope { unit: u, seq, msg }).is_ok()
             };
             let input = &inputs[unit.input];
@@ -690,7 +691,7 @@ fn collect(
                 break;
             };
             next_seq[current] += 1;
-            ahead.hits.fetch_sub(msg.hits(), Ordering::Relaxed);
+            ahead.bytes.fetch_sub(msg.held_bytes(), Ordering::Relaxed);
             let p = pos.as_mut().expect("position of current input");
             match msg {
                 Msg::Analysed {

@@ -355,11 +355,7 @@ impl RuleSet {
             count = literals.len(),
             "prefilter patterns"
         );
-        let prefilter = if all_known && !rules.is_empty() {
-            Some(Prefilter::new(&literals).map_err(|e| err("prefilter", e))?)
-        } else {
-            None
-        };
+        let prefilter_on = all_known && !rules.is_empty();
         // Lazy triggers (see `Window::lazy_trigger_key`): only useful while
         // the prefilter is on (else every line is parsed anyway), and for
         // triggers whose lines are not candidates anyway (`sys/plugins/…`
@@ -402,13 +398,24 @@ impl RuleSet {
             .filter_map(|&i| rules[i].window.as_ref()?.trigger.as_ref()?.literals())
             .flatten()
             .collect();
-        let gate = if prefilter.is_some() && !gate_literals.is_empty() {
+        let gate_patterns = if prefilter_on && !gate_literals.is_empty() {
             let patterns = minimize_literals(gate_literals);
             tracing::debug!(
                 patterns = ?patterns.iter().map(|p| &p.text).collect::<Vec<_>>(),
                 "lazy trigger gate patterns"
             );
-            Some(Prefilter::new(&patterns).map_err(|e| err("trigger gate", e))?)
+            patterns
+        } else {
+            Vec::new()
+        };
+        let gate = if gate_patterns.is_empty() {
+            None
+        } else {
+            Some(Prefilter::new(&gate_patterns).map_err(|e| err("trigger gate", e))?)
+        };
+        // The gate patterns ride in the prefilter's own pass (see `Scanner::next_any`).
+        let prefilter = if prefilter_on {
+            Some(Prefilter::with_gate(&literals, &gate_patterns).map_err(|e| err("prefilter", e))?)
         } else {
             None
         };
@@ -515,6 +522,12 @@ impl RuleSet {
     /// there are none (or the prefilter is off and every line is parsed).
     /// Escapes are not looked for: a line with `\u`/`\/` escapes is a
     /// candidate of the main prefilter (parsed, every trigger judged at once).
+    /// Whether lazy triggers gate lines: then [`Scanner::next_any`] of [`RuleSet::scanner`]
+    /// also reports gate hits.
+    pub fn has_gate(&self) -> bool {
+        self.gate.is_some()
+    }
+
     pub fn gate_scanner<'a>(&'a self, hay: &'a [u8]) -> Option<Scanner<'a>> {
         self.gate.as_ref().map(|g| Scanner::literals_only(g, hay))
     }

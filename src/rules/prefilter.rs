@@ -45,14 +45,41 @@ pub struct Prefilter {
     array_element: Vec<bool>,
     /// Per pattern: (member bytes, offset of the stem inside the member).
     members: Vec<Vec<(Vec<u8>, usize)>>,
+    /// Per pattern: a gate pattern (lazy window triggers), not candidate evidence. Searched in
+    /// the same pass as the candidate patterns, so gating costs no second scan of the data.
+    gate: Vec<bool>,
+}
+
+/// What a hit of [`Scanner::next_any`] is evidence of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evidence {
+    /// The line is a candidate (a pattern, an array element or an escape).
+    Candidate,
+    /// Only a gate pattern: the line goes to the lazy triggers unless it is a candidate.
+    Gate,
 }
 
 impl Prefilter {
     pub fn new(literals: &[Pattern]) -> Result<Prefilter, aho_corasick::BuildError> {
-        let mut patterns = Vec::with_capacity(literals.len());
-        let mut array_element = Vec::with_capacity(literals.len());
-        let mut members = Vec::with_capacity(literals.len());
-        for p in literals {
+        Self::with_gate(literals, &[])
+    }
+
+    /// Candidate patterns and gate patterns in one automaton (candidates first: at one
+    /// position a candidate pattern wins). Gate patterns must not start with `\`.
+    pub fn with_gate(
+        literals: &[Pattern],
+        gate_literals: &[Pattern],
+    ) -> Result<Prefilter, aho_corasick::BuildError> {
+        let mut patterns = Vec::with_capacity(literals.len() + gate_literals.len());
+        let mut array_element = Vec::with_capacity(patterns.capacity());
+        let mut members = Vec::with_capacity(patterns.capacity());
+        let mut gate = Vec::with_capacity(patterns.capacity());
+        for (p, is_gate) in literals
+            .iter()
+            .map(|p| (p, false))
+            .chain(gate_literals.iter().map(|p| (p, true)))
+        {
+            gate.push(is_gate);
             let mut verify = Vec::new();
             for m in &p.members {
                 for (off, _) in m.match_indices(p.text.as_str()) {
@@ -84,11 +111,13 @@ impl Prefilter {
             single,
             array_element,
             members,
+            gate,
         })
     }
 
-    /// Start of the first verified literal at or after `from`.
-    fn next_literal(&self, hay: &[u8], mut from: usize) -> Option<usize> {
+    /// Start of the first verified literal at or after `from`, and whether it is a gate
+    /// pattern.
+    fn next_literal(&self, hay: &[u8], mut from: usize) -> Option<(usize, bool)> {
         while from < hay.len() {
             let (start, i) = match &self.single {
                 Some(f) => (from + f.find(&hay[from..])?, 0),
@@ -103,7 +132,7 @@ impl Prefilter {
                     .iter()
                     .any(|(lit, off)| start >= *off && hay[start - off..].starts_with(lit));
             if member_ok && (!self.array_element[i] || in_array(hay, start)) {
-                return Some(start);
+                return Some((start, self.gate[i]));
             }
             from = start + 1;
         }
@@ -140,8 +169,8 @@ fn next_escape(hay: &[u8], from: usize) -> Option<usize> {
 pub struct Scanner<'a> {
     pf: Option<&'a Prefilter>,
     hay: &'a [u8],
-    /// (searched from, next hit) for literals and escapes.
-    lit: Option<(usize, Option<usize>)>,
+    /// (searched from, next hit) for literals (with their gate flag) and escapes.
+    lit: Option<(usize, Option<(usize, bool)>)>,
     esc: Option<(usize, Option<usize>)>,
     /// Whether `\u`/`\/` escapes count as hits.
     escapes: bool,
@@ -169,36 +198,60 @@ impl<'a> Scanner<'a> {
     }
 
     /// Position of the next candidate evidence at or after `from`, which
-    /// must be a line start (never inside an escape sequence).
+    /// must be a line start (never inside an escape sequence). Gate hits are passed over.
     pub fn next(&mut self, from: usize) -> Option<usize> {
+        let mut from = from;
+        loop {
+            match self.next_any(from)? {
+                (at, Evidence::Candidate) => return Some(at),
+                (at, Evidence::Gate) => from = at + 1,
+            }
+        }
+    }
+
+    /// The next evidence of either kind at or after `from`, which must be a line start or
+    /// just after a gate hit (never inside an escape sequence).
+    pub fn next_any(&mut self, from: usize) -> Option<(usize, Evidence)> {
         if from >= self.hay.len() {
             return None;
         }
         let Some(pf) = self.pf else {
-            return Some(from);
+            return Some((from, Evidence::Candidate));
         };
         let hay = self.hay;
-        let lit = cached(&mut self.lit, from, |f| pf.next_literal(hay, f));
+        let lit =
+            cached(&mut self.lit, from, |h| h.0, |f| pf.next_literal(hay, f)).map(|(at, gate)| {
+                (
+                    at,
+                    if gate {
+                        Evidence::Gate
+                    } else {
+                        Evidence::Candidate
+                    },
+                )
+            });
         if !self.escapes {
             return lit;
         }
-        let esc = cached(&mut self.esc, from, |f| next_escape(hay, f));
+        let esc = cached(&mut self.esc, from, |h| *h, |f| next_escape(hay, f));
         match (lit, esc) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+            (Some(l), Some(e)) if e <= l.0 => Some((e, Evidence::Candidate)),
+            (Some(l), _) => Some(l),
+            (None, e) => e.map(|e| (e, Evidence::Candidate)),
         }
     }
 }
 
 /// A cached "next hit" stays valid while it lies at or after `from`: nothing
 /// was found between where the search began and the hit.
-fn cached(
-    slot: &mut Option<(usize, Option<usize>)>,
+fn cached<T: Copy>(
+    slot: &mut Option<(usize, Option<T>)>,
     from: usize,
-    search: impl FnOnce(usize) -> Option<usize>,
-) -> Option<usize> {
+    at: impl Fn(&T) -> usize,
+    search: impl FnOnce(usize) -> Option<T>,
+) -> Option<T> {
     match *slot {
-        Some((start, hit)) if start <= from && hit.is_none_or(|h| h >= from) => hit,
+        Some((start, hit)) if start <= from && hit.as_ref().is_none_or(|h| at(h) >= from) => hit,
         _ => {
             let hit = search(from);
             *slot = Some((from, hit));
@@ -245,6 +298,39 @@ mod tests {
         assert_eq!(hit(r#"{"p":"a\\ub"}"#), None);
         assert_eq!(hit(r#"{"p":"a\\\u0062"}"#), Some(9));
         assert_eq!(hit(r#"{"p":"a\n"}"#), None);
+    }
+
+    #[test]
+    fn gate_patterns_share_the_pass_and_are_not_candidates() {
+        let pat = |s: &str| Pattern {
+            text: s.to_string(),
+            members: Vec::new(),
+        };
+        let p = Prefilter::with_gate(&[pat("sys/")], &[pat("/login")]).unwrap();
+        let hay = br#"{"path":"auth/up/login/x"}
+{"path":"sys/raw","x":"auth/up/login"}
+{"p":"a\/login"}
+"#;
+        let mut s = Scanner::new(Some(&p), hay);
+        let mut hits = Vec::new();
+        let mut from = 0;
+        while let Some(h) = s.next_any(from) {
+            hits.push(h);
+            from = h.0 + 1;
+        }
+        let l2 = hay.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let l3 = l2 + hay[l2..].iter().position(|&b| b == b'\n').unwrap() + 1;
+        assert_eq!(hits[0], (16, Evidence::Gate));
+        assert_eq!(hits[1], (l2 + 9, Evidence::Candidate));
+        assert_eq!(hits[2], (l2 + 30, Evidence::Gate));
+        assert_eq!(hits[3], (l3 + 7, Evidence::Candidate), "the escape");
+        assert_eq!(hits[4], (l3 + 8, Evidence::Gate));
+        assert_eq!(hits.len(), 5);
+        // `next` reports candidates only.
+        let mut s = Scanner::new(Some(&p), hay);
+        assert_eq!(s.next(0), Some(l2 + 9));
+        assert_eq!(s.next(l3), Some(l3 + 7));
+        assert_eq!(Scanner::new(Some(&p), &hay[..l2]).next(0), None);
     }
 
     #[test]

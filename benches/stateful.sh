@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # benches/stateful.sh: what the stateful (window) rules cost in `auditwatch replay`.
 #
-#   benches/stateful.sh [--size 1GiB] [--seed 1] [--failed-login-share PERCENT] [--rounds 10]
+#   benches/stateful.sh [--size 1GiB] [--seed 1] [--failed-login-share PERCENT] [--rounds 20]
 #                       [--threads N] [--keep]
 #
 # On one generated corpus (gen_corpus --profile realistic; with --failed-login-share P, that
@@ -24,7 +24,7 @@ export LC_ALL=C
 SIZE=1GiB
 SEED=1
 SHARE=""
-ROUNDS=10
+ROUNDS=20
 THREADS=""
 KEEP=0
 usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }

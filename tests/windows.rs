@@ -524,3 +524,58 @@ fn audit_device_change_then_plugin_by_the_same_token_fires_within_the_hour() {
     );
     assert!(fired(&replay(&[at(&audit, 0.0), other]), RULE).is_empty());
 }
+
+/// The built-in `kv.mass_secret_read` (off by default: it needs every KV
+/// read parsed) turned on by a copy in a `--patterns` directory.
+fn with_mass_read_rule() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("patterns/windows.toml"),
+    )
+    .unwrap();
+    let at = pack.find("id = \"kv.mass_secret_read\"").unwrap();
+    let start = pack[..at].rfind("[[rule]]").unwrap();
+    let end = pack[at..].find("\n[[rule]]").map_or(pack.len(), |i| at + i);
+    let rule = pack[start..end].replace("enabled = false", "enabled = true");
+    assert!(rule.contains("enabled = true"));
+    std::fs::write(dir.path().join("on.toml"), rule).unwrap();
+    dir
+}
+
+#[test]
+fn mass_secret_read_counts_distinct_kv_paths_of_one_token() {
+    const RULE: &str = "kv.mass_secret_read";
+    // A real KV v2 read (request entry, root token) of secret/data/app/db;
+    // the path is rewritten to make each read a distinct secret.
+    let read = capture_line("11-kv", "get", 2);
+    assert!(read.contains("\"path\":\"secret/data/app/db\""));
+    let patterns = with_mass_read_rule();
+    let p = patterns.path().to_str().unwrap().to_owned();
+    let reads = |n: usize, distinct: bool| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let path = if distinct {
+                    format!("secret/data/app/db{i}")
+                } else {
+                    "secret/data/app/db".into()
+                };
+                at(&read, i as f64).replace(
+                    "\"path\":\"secret/data/app/db\"",
+                    &format!("\"path\":\"{path}\""),
+                )
+            })
+            .collect()
+    };
+    assert!(
+        fired(&replay(&reads(100, true)), RULE).is_empty(),
+        "off by default"
+    );
+    let f = replay_with(&reads(100, true), &["--patterns", &p]);
+    let hits = fired(&f, RULE);
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0]["detail"]["window"]["count"], 100);
+    assert_eq!(hits[0]["source"]["line"], 100);
+    // 99 distinct paths, or 100 reads of the same secret, stay quiet.
+    assert!(fired(&replay_with(&reads(99, true), &["--patterns", &p]), RULE).is_empty());
+    assert!(fired(&replay_with(&reads(100, false), &["--patterns", &p]), RULE).is_empty());
+}

@@ -114,7 +114,7 @@ if ! cargo build --release >>"$DATA/build.log" 2>&1; then
     AW_SKIP="cargo build --release failed (tail of $DATA/build.log below)"
     tail -n 15 "$DATA/build.log" | sed 's/^/   | /'
 fi
-GEN=target/release/examples/gen_corpus
+GEN=${CARGO_TARGET_DIR:-target}/release/examples/gen_corpus
 if ! cargo build --release --example gen_corpus >>"$DATA/build.log" 2>&1; then
     # gen_corpus is std-only: build it without the crate when the library does not compile
     GEN="$DATA/.bin/gen_corpus"
@@ -152,7 +152,7 @@ EXP_GREP=$(jget grep_pattern_lines)
 # ---------------------------------------------------------------------------
 # Tools
 # ---------------------------------------------------------------------------
-AW=${AUDITWATCH_BIN:-target/release/auditwatch}
+AW=${AUDITWATCH_BIN:-${CARGO_TARGET_DIR:-target}/release/auditwatch}
 AW_ARGS=()
 if [[ -z $AW_SKIP ]]; then
     if [[ ! -x $AW ]]; then

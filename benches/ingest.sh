@@ -92,7 +92,7 @@ say() { echo "ingest: $*" >&2; }
 command -v python3 >/dev/null 2>&1 || die "python3 is required"
 command -v split >/dev/null 2>&1 || die "split (coreutils) is required"
 
-AW=${AUDITWATCH_BIN:-target/release/auditwatch}
+AW=${AUDITWATCH_BIN:-${CARGO_TARGET_DIR:-target}/release/auditwatch}
 if [[ $BUILD == 1 ]]; then
     say "cargo build --release, and the gen_corpus example (log: bench-data/build.log)"
     { cargo build --release && cargo build --release --example gen_corpus; } >bench-data/build.log 2>&1 ||
@@ -106,7 +106,7 @@ fi
 # ------------------------------------------------------------------ corpus and parts
 CORPUS="bench-data/ingest-$PROFILE-seed$SEED-$SIZE.log"
 if [[ ! -s $CORPUS ]]; then
-    GEN=target/release/examples/gen_corpus
+    GEN=${CARGO_TARGET_DIR:-target}/release/examples/gen_corpus
     [[ -x $GEN ]] || die "$GEN not built (run without --no-build)"
     say "generating $CORPUS"
     "$GEN" --seed "$SEED" --size "$SIZE" --profile "$PROFILE" --out "$CORPUS.tmp" 2>"$CORPUS.summary.txt"

@@ -54,10 +54,10 @@ fsub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 echo "== building (log: $DATA/build.log)"
 cargo build --release >"$DATA/build.log" 2>&1 || { tail -20 "$DATA/build.log"; exit 1; }
 cargo build --release --example gen_corpus >>"$DATA/build.log" 2>&1 || { tail -20 "$DATA/build.log"; exit 1; }
-AW=${AUDITWATCH_BIN:-target/release/auditwatch}
+AW=${AUDITWATCH_BIN:-${CARGO_TARGET_DIR:-target}/release/auditwatch}
 if [[ ! -s $CORPUS ]]; then
     echo "== generating $CORPUS"
-    target/release/examples/gen_corpus --seed "$SEED" --size "$SIZE" --profile realistic \
+    "${CARGO_TARGET_DIR:-target}"/release/examples/gen_corpus --seed "$SEED" --size "$SIZE" --profile realistic \
         --out "$CORPUS.tmp" 2>/dev/null
     mv "$CORPUS.tmp" "$CORPUS"
     GENERATED=1

@@ -92,7 +92,7 @@ find_bao() {
 }
 command -v python3 >/dev/null 2>&1 || die "python3 is required"
 BAO=$(find_bao) || die "bao not found (install it: scripts/install-openbao.sh)"
-AW=${AUDITWATCH_BIN:-target/release/auditwatch}
+AW=${AUDITWATCH_BIN:-${CARGO_TARGET_DIR:-target}/release/auditwatch}
 if [[ $BUILD == 1 ]]; then
     say "cargo build --release (log: bench-data/build.log)"
     cargo build --release >bench-data/build.log 2>&1 || { tail -20 bench-data/build.log >&2; die "build failed"; }

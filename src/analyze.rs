@@ -421,16 +421,14 @@ impl Analyzer {
             let rule = self.rules.get(rule_idx);
             let time_ns = *time
                 .get_or_insert_with(|| entry.time.as_deref().and_then(parse::parse_time_nanos));
-            if let Some(t) = &rule.throttle {
+            let key = rule.throttle.as_ref().map(|t| throttle_key(t, entry));
+            if let (Some(t), Some(key), Some(now)) = (&rule.throttle, &key, time_ns) {
                 // Repeats within the block go no further (the judge would
                 // hold them back whatever it decides for the first).
-                if let Some(now) = time_ns {
-                    let bucket = now.div_euclid(t.window.as_nanos().max(1) as i64);
-                    let key = throttle_key(t, entry);
-                    if !out.throttled.insert((rule_idx, key, bucket)) {
-                        out.suppressed += 1;
-                        continue;
-                    }
+                let bucket = now.div_euclid(t.window.as_nanos().max(1) as i64);
+                if !out.throttled.insert((rule_idx, key.clone(), bucket)) {
+                    out.suppressed += 1;
+                    continue;
                 }
             }
             out.hits.push(hit_for(
@@ -442,6 +440,7 @@ impl Analyzer {
                 idx,
                 offset,
                 time_ns,
+                key,
                 &mut shared,
             ));
         }
@@ -540,6 +539,7 @@ pub fn lazy_trigger_hits(
                 idx,
                 offset,
                 time_ns,
+                rule.throttle.as_ref().map(|t| throttle_key(t, entry)),
                 &mut None,
             )
         })
@@ -558,9 +558,9 @@ fn hit_for(
     idx: u64,
     offset: u64,
     time_ns: Option<i64>,
+    throttle_key: Option<String>,
     shared: &mut Option<std::sync::Arc<[u8]>>,
 ) -> Hit {
-    let throttle_key = rule.throttle.as_ref().map(|t| throttle_key(t, entry));
     let (group, distinct) = match &rule.window {
         None => (None, None),
         Some(w) => {

@@ -805,26 +805,26 @@ impl<'de> Deserialize<'de> for Dur {
         }
         match R::deserialize(d)? {
             R::N(n) => Ok(Dur(Duration::from_secs(n))),
-            R::S(s) if s.trim() == "0" => Ok(Dur(Duration::ZERO)),
-            R::S(s) => parse_duration(&s)
+            R::S(s) => parse_duration_or_zero(&s)
                 .map(Dur)
                 .map_err(serde::de::Error::custom),
         }
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// A duration as [`crate::rules::parse_duration`] takes it, or zero (`0`, `0s`, `0ms`: it
+/// turns a wait or a window off).
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    // "0s", "0ms": zero is allowed here (it turns a window off).
     if t.trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
         return Ok(Duration::ZERO);
     }
     crate::rules::parse_duration(t)
 }
 
-/// A size: `"64MiB"`, `"512KiB"`, `"1GiB"`, or integer bytes.
+/// A size: `"64MiB"`, `"512KiB"`, `"1GiB"`, or integer bytes (also the sinks' settings).
 #[derive(Debug, Clone, Copy)]
-struct Size(u64);
+pub(crate) struct Size(pub(crate) u64);
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -924,9 +924,8 @@ fn build(
         strip_prefix: raw.analysis.strip_prefix.filter(|p| !p.is_empty()),
         correlate_wait: match raw.analysis.correlate_wait.as_deref() {
             None => crate::correlate::DEFAULT_WAIT,
-            Some(d) => {
-                parse_duration(d).map_err(|e| fail(format!("analysis.correlate_wait: {e}")))?
-            }
+            Some(d) => parse_duration_or_zero(d)
+                .map_err(|e| fail(format!("analysis.correlate_wait: {e}")))?,
         },
     };
 
@@ -943,7 +942,7 @@ fn build(
         fsync: match raw.archive.fsync.as_deref().unwrap_or("1s") {
             "always" => FsyncPolicy::Always,
             "never" => FsyncPolicy::Never,
-            d => FsyncPolicy::Interval(parse_duration(d).map_err(|e| {
+            d => FsyncPolicy::Interval(parse_duration_or_zero(d).map_err(|e| {
                 fail(format!(
                     "archive.fsync: {e} (\"always\", \"never\" or a duration)"
                 ))

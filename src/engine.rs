@@ -749,17 +749,14 @@ impl Judge {
         for f in out {
             self.report(f, emit);
         }
-    }
-
-    /// Request findings waiting for their response.
-    pub fn held(&self) -> usize {
-        self.correlator.pending()
+        // Every run ends here (replay per input, the pipeline at its end):
+        // the counters are copied once, not per finding.
+        self.stats.correlation = self.correlator.stats.clone();
     }
 
     /// Counts a finding and hands it to `emit`.
     fn report(&mut self, f: Finding, emit: &mut dyn FnMut(Finding)) {
         self.stats.count_finding(&f);
-        self.stats.correlation = self.correlator.stats.clone();
         emit(f);
     }
 

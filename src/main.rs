@@ -185,7 +185,7 @@ struct ReplayArgs {
     #[arg(long, short)]
     quiet: bool,
     /// A request's finding waits this long (entry time) for its response, to report it once with its outcome; 0 turns it off.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_wait)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = auditwatch::config::parse_duration_or_zero)]
     correlate_wait: Duration,
 }
 
@@ -294,7 +294,7 @@ struct LiveArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
     /// A request's finding waits this long for its response, to report it once with its outcome; 0 turns it off.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_wait)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = auditwatch::config::parse_duration_or_zero)]
     correlate_wait: Duration,
     #[command(flatten)]
     watch: WatchArgs,
@@ -379,14 +379,6 @@ struct TailArgs {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     auditwatch::rules::parse_duration(s)
-}
-
-/// A duration where zero means off (`0`, `0s`).
-fn parse_wait(s: &str) -> Result<Duration, String> {
-    if s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
-        return Ok(Duration::ZERO);
-    }
-    parse_duration(s)
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {

@@ -366,21 +366,7 @@ impl RuleSet {
                 && w.trigger
                     .as_ref()
                     .and_then(Cond::literals)
-                    .is_some_and(|lits| {
-                        lits.iter().all(|l| {
-                            // A line holding `l` holds a plain pattern, or
-                            // a stem's member (where the stem counts).
-                            !l.starts_with([ARRAY_ELEMENT, VERBATIM])
-                                && literals.iter().any(|p| {
-                                    !p.text.starts_with([ARRAY_ELEMENT, VERBATIM])
-                                        && if p.members.is_empty() {
-                                            l.contains(p.text.as_str())
-                                        } else {
-                                            p.members.iter().any(|m| l.contains(m.as_str()))
-                                        }
-                                })
-                        })
-                    });
+                    .is_some_and(|lits| lits.iter().all(|l| passes_anyway(l, &literals)));
             if covered {
                 w.lazy_trigger_key = None;
             }
@@ -1051,6 +1037,21 @@ fn parse_file(origin: &str, text: &str, off: &mut Vec<String>) -> Result<Vec<Rul
         });
     }
     Ok(out)
+}
+
+/// Whether every line holding literal `l` is a prefilter candidate anyway: it
+/// holds a plain pattern, or a stem's member (where the stem counts).
+fn passes_anyway(l: &str, patterns: &[prefilter::Pattern]) -> bool {
+    let marked = |t: &str| t.starts_with([ARRAY_ELEMENT, VERBATIM]);
+    !marked(l)
+        && patterns.iter().any(|p| {
+            !marked(&p.text)
+                && if p.members.is_empty() {
+                    l.contains(p.text.as_str())
+                } else {
+                    p.members.iter().any(|m| l.contains(m.as_str()))
+                }
+        })
 }
 
 /// The literals of a rule: its `when`'s, and a trigger's (whose entries must pass the

@@ -429,25 +429,6 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
-/// A size: `"64MiB"`, `"512KiB"`, `"1GiB"`, or integer bytes.
-#[derive(Debug, Clone, Copy)]
-struct Size(u64);
-
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum R {
-            N(u64),
-            S(String),
-        }
-        match R::deserialize(d)? {
-            R::N(n) => Ok(Size(n)),
-            R::S(s) => parse_size(&s).map(Size).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
 pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     Dur::deserialize(d).map(|d| d.0)
 }
@@ -456,7 +437,7 @@ pub(crate) fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> 
     Size::deserialize(d).map(|s| s.0)
 }
 
-use crate::config::parse_size;
+use crate::config::Size;
 
 // ---------------------------------------------------------------------------------------------
 // Counters and health, shared by the sink threads and the `Sinks` handle
@@ -961,8 +942,8 @@ mod tests {
             c.effective_spool_dir().unwrap(),
             PathBuf::from("auditwatch-data/spool/w")
         );
-        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
-        assert!(parse_size("1PiB").is_err());
+        assert_eq!(crate::config::parse_size("1GiB").unwrap(), 1 << 30);
+        assert!(crate::config::parse_size("1PiB").is_err());
     }
 
     #[test]
